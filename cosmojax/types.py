@@ -1,0 +1,143 @@
+"""Data passed between the stages of cosmojax.
+
+`Example` is the one record schema for SFT, RL and evaluation: data readers and the synthetic
+suite produce it, chat formatting turns it into tokens, reward functions and evaluators read
+its labels. Device-side pytrees (prompt batches, rollouts) are defined next to it as the
+stages that produce them land.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+# Roles of chat messages, as in Hugging Face chat templates.
+ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass(frozen=True)
+class SafetyLabel:
+  """Whether complying with a request is harmful.
+
+  Attributes:
+    unsafe: True when a helpful answer would cause harm: the policy should refuse.
+    category: harm category ("weapons", "self_harm", ...) or "" for safe requests.
+    attack: how the request is disguised: "" (plain), "typographic", "query_relevant_image",
+      "split_intent" (multimodal jailbreaks), or a text jailbreak name.
+  """
+
+  unsafe: bool = False
+  category: str = ""
+  attack: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One multimodal example, shared by SFT, RL and evaluation.
+
+  Attributes:
+    id: unique, stable identifier (used in logs and error messages).
+    task: task name; reward recipes route on it.
+    messages: the conversation in Hugging Face chat format: dicts with "role" and "content",
+      content a string or a list of parts {"type": "text", "text": ...} /
+      {"type": "image"} (the k-th image part refers to images[k]). For SFT the last message is
+      the assistant target; for RL and evaluation the conversation ends with a user turn.
+    images: the images referenced by the image parts, in order: uint8 arrays [H, W, 3] or
+      paths to local image files (loaded by the data pipeline).
+    ground_truth: the reference answer, if the task has one ("3", "B", "x^2", ...).
+    answer_type: how `ground_truth` is checked: "choice", "number", "math", "text", or ""
+      when there is none (open-ended or safety-only examples).
+    choices: the options of a multiple-choice question, if any.
+    safety: the safety label of the request.
+    visual_key_facts: facts a correct perception of the image contains (VTPerception's
+      R_vkey, CoSMo's Visual-Focus).
+    textual_key_facts: facts the reasoning should use (VTPerception's R_tkey).
+    preferred: for value judgements, the preferred answer (a choice letter or text).
+    source: data set or generator name.
+    metadata: anything else (difficulty, split, ...); never read by the core framework.
+  """
+
+  id: str
+  task: str
+  messages: tuple[Mapping[str, Any], ...]
+  images: tuple[Any, ...] = ()
+  ground_truth: str | None = None
+  answer_type: str = ""
+  choices: tuple[str, ...] = ()
+  safety: SafetyLabel = SafetyLabel()
+  visual_key_facts: tuple[str, ...] = ()
+  textual_key_facts: tuple[str, ...] = ()
+  preferred: str | None = None
+  source: str = ""
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not self.id:
+      raise ValueError("Example.id must be a non-empty string.")
+    if not self.messages:
+      raise ValueError(f"Example {self.id!r}: messages is empty.")
+    for i, message in enumerate(self.messages):
+      if message.get("role") not in ROLES:
+        raise ValueError(
+            f"Example {self.id!r}: messages[{i}].role is {message.get('role')!r}; "
+            f"expected one of {ROLES}."
+        )
+    n_image_parts = sum(
+        1
+        for m in self.messages
+        if not isinstance(m.get("content"), str)
+        for part in m.get("content", ())
+        if part.get("type") == "image"
+    )
+    if n_image_parts != len(self.images):
+      raise ValueError(
+          f"Example {self.id!r}: {n_image_parts} image parts in messages but "
+          f"{len(self.images)} images."
+      )
+
+  @property
+  def prompt_messages(self) -> tuple[Mapping[str, Any], ...]:
+    """The conversation without a trailing assistant target."""
+    if self.messages[-1]["role"] == "assistant":
+      return self.messages[:-1]
+    return self.messages
+
+  @property
+  def target(self) -> str | None:
+    """The assistant target text (SFT), or None."""
+    last = self.messages[-1]
+    if last["role"] != "assistant":
+      return None
+    return message_text(last)
+
+  @property
+  def prompt_text(self) -> str:
+    """The text of the last user turn (what reward functions read as "the request")."""
+    for message in reversed(self.messages):
+      if message["role"] == "user":
+        return message_text(message)
+    return ""
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+  """Concatenates the text parts of a chat message."""
+  content = message.get("content", "")
+  if isinstance(content, str):
+    return content
+  return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def text_message(role: str, text: str) -> dict[str, Any]:
+  return {"role": role, "content": text}
+
+
+def user_message(text: str, num_images: int = 0) -> dict[str, Any]:
+  """A user turn with `num_images` image parts followed by the text."""
+  parts: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
+  parts.append({"type": "text", "text": text})
+  return {"role": "user", "content": parts}
+
+
+def examples_field(examples: Sequence[Example], name: str) -> list[Any]:
+  """The values of one field over a batch of examples."""
+  return [getattr(e, name) for e in examples]
