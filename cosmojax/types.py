@@ -53,6 +53,9 @@ class Example:
       R_vkey, CoSMo's Visual-Focus).
     textual_key_facts: facts the reasoning should use (VTPerception's R_tkey).
     preferred: for value judgements, the preferred answer (a choice letter or text).
+    instructions: checkable constraints on the answer for instruction-following tasks, as
+      "name" or "name:argument" strings (e.g. "uppercase", "max_words:5", "end_with:done");
+      the instruction-following reward owns the registry of names.
     source: data set or generator name.
     metadata: anything else (difficulty, split, ...); never read by the core framework.
   """
@@ -68,6 +71,7 @@ class Example:
   visual_key_facts: tuple[str, ...] = ()
   textual_key_facts: tuple[str, ...] = ()
   preferred: str | None = None
+  instructions: tuple[str, ...] = ()
   source: str = ""
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
