@@ -10,6 +10,7 @@ registered in `REWARD_FUNCTIONS` replaces a rule-based one by a config change:
 from __future__ import annotations
 
 import collections
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ import numpy as np
 from cosmojax.rewards import matching
 from cosmojax.rewards.base import REWARD_FUNCTIONS, RewardSpec, make_reward_function, spec_key
 from cosmojax.types import Example
+
+_MARKUP = re.compile(r"<\s*/?\s*\w+\s*>")
 
 
 def _dispatch(completions: Sequence[str], examples: Sequence[Example],
@@ -88,7 +91,7 @@ def efficiency(completions: Sequence[str], examples: Sequence[Example], *,
       r = 1 - max_penalty * clip((L - short_words) / (long_words - short_words), 0, 1)
           if correctness >= threshold, else 0;   NaN where correctness is NaN
 
-  with L the completion's word count. Short correct answers beat long correct ones, and
+  with L the completion's word count (`matching.word_count`, markup tags excluded). Short correct answers beat long correct ones, and
   every correct answer (>= 1 - max_penalty > 0) beats every wrong one, so brevity gains a
   wrong answer nothing. `correctness` is any reward spec (e.g. a `routed` one covering
   safety and knowledge tasks).
@@ -97,7 +100,7 @@ def efficiency(completions: Sequence[str], examples: Sequence[Example], *,
     raise ValueError(f"efficiency: need 0 <= short_words < long_words and 0 <= max_penalty < 1;"
                      f" got {short_words}, {long_words}, {max_penalty}")
   correct = make_reward_function(correctness)(completions, examples)
-  length = np.array([matching.word_count(c) for c in completions])
+  length = np.array([matching.word_count(_MARKUP.sub(" ", c)) for c in completions])
   excess = np.clip((length - short_words) / (long_words - short_words), 0.0, 1.0)
   return np.where(np.isnan(correct), np.nan,
                   np.where(correct >= threshold, 1.0 - max_penalty * excess, 0.0))
