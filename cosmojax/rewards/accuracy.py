@@ -45,7 +45,8 @@ _BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
 _LETTER_ONLY = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 _LETTER_LEAD = re.compile(r"^\(?([A-Z])(?:\)|[.:)]\s)\s*\S")
 _LETTER_PHRASE = re.compile(
-    r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*\(?((?-i:[A-Z]))\)?[.:)]?(?:\s|$)",
+    r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*"
+    r"\(?((?-i:[A-Z]))\)?[.:)]?(?:\s|$)",
     re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _MATH_SIGNAL_TIMEOUT_S = 5

@@ -135,7 +135,22 @@ def make_reward_function(spec: RewardSpec, name: str | None = None) -> RewardFun
   except TypeError as e:
     raise ValueError(f"reward function {fn_name!r}: bad keyword arguments {sorted(kwargs)}: "
                      f"{e}") from None
+  _check_nested_specs(kwargs)
   return RewardFunction(name=name or fn_name, fn_name=fn_name, kwargs=kwargs)
+
+
+def _check_nested_specs(value: Any) -> None:
+  """Builds every nested {"fn": ..., "kwargs": ...} spec (of composite functions such as
+  `routed`), so that a bad one fails at configuration time rather than during training."""
+  if isinstance(value, Mapping):
+    if "fn" in value and set(value) <= {"fn", "kwargs"}:
+      make_reward_function(value)
+      return
+    for v in value.values():
+      _check_nested_specs(v)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      _check_nested_specs(v)
 
 
 def spec_key(spec: RewardSpec) -> str:

@@ -1,4 +1,7 @@
-"""Parsing of structured responses: `<description>…</description><think>…</think><answer>…</answer>`.
+"""Parsing of structured responses.
+
+The default structure is VTPerception-R1's
+`<description>…</description><think>…</think><answer>…</answer>`.
 
 The parser is tolerant of whitespace (around fields, inside the angle brackets: `< answer >`,
 `</ answer>`) and of letter case in tag names, and strict about everything else: each tag
@@ -97,7 +100,8 @@ def parse_response(text: str, tags: Sequence[str] = DEFAULT_TAGS) -> ParsedRespo
   marks = [(m.start(), m.end(), m.group(2).lower(), bool(m.group(1)))
            for m in _tag_pattern(tags).finditer(text)]
   problems: list[str] = []
-  spans: dict[str, tuple[int, int, int, int]] = {}  # tag -> (open_start, open_end, close_start, close_end)
+  # tag -> (open_start, open_end, close_start, close_end) of well-paired tags.
+  spans: dict[str, tuple[int, int, int, int]] = {}
   for tag in tags:
     opens = [m for m in marks if m[2] == tag and not m[3]]
     closes = [m for m in marks if m[2] == tag and m[3]]

@@ -91,10 +91,10 @@ def efficiency(completions: Sequence[str], examples: Sequence[Example], *,
       r = 1 - max_penalty * clip((L - short_words) / (long_words - short_words), 0, 1)
           if correctness >= threshold, else 0;   NaN where correctness is NaN
 
-  with L the completion's word count (`matching.word_count`, markup tags excluded). Short correct answers beat long correct ones, and
-  every correct answer (>= 1 - max_penalty > 0) beats every wrong one, so brevity gains a
-  wrong answer nothing. `correctness` is any reward spec (e.g. a `routed` one covering
-  safety and knowledge tasks).
+  with L the completion's word count (`matching.word_count`, markup tags excluded). Short
+  correct answers beat long correct ones, and every correct answer (>= 1 - max_penalty > 0)
+  beats every wrong one, so brevity gains a wrong answer nothing. `correctness` is any
+  reward spec (e.g. `task_aware`, covering safety, value and knowledge tasks).
   """
   if not 0 <= short_words < long_words or not 0 <= max_penalty < 1:
     raise ValueError(f"efficiency: need 0 <= short_words < long_words and 0 <= max_penalty < 1;"

@@ -131,3 +131,12 @@ def test_specs_are_checked_when_configured():
     make_reward_function({"name": "accuracy"})
   with pytest.raises(ValueError, match="2 completions but 1 examples"):
     fn(["a", "b"], [make_example()])
+
+
+def test_nested_specs_of_composites_are_checked_when_configured():
+  with pytest.raises(ValueError, match=r"reward function 'accuracy': bad keyword arguments "
+                                       r"\['tol'\]"):
+    make_reward_function({"fn": "task_aware", "kwargs": {
+        "routes": {"count": {"fn": "accuracy", "kwargs": {"tol": 1}}}}})
+  with pytest.raises(KeyError, match="unknown reward function 'acuracy'"):
+    make_reward_function({"fn": "efficiency", "kwargs": {"correctness": {"fn": "acuracy"}}})

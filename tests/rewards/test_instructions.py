@@ -27,7 +27,8 @@ from tests.rewards.fixtures import make_example, vt
     ("a blue circle", "excludes:red", True), ("a red circle", "excludes:red", False),
     ("red and blue", "no_commas", True), ("red, blue", "no_commas", False),
     ("red，blue", "no_commas", False),
-    (" 42 ", "number_only", True), ("-3.5", "number_only", True), ("42 apples", "number_only", False),
+    (" 42 ", "number_only", True), ("-3.5", "number_only", True),
+    ("42 apples", "number_only", False),
 ])
 def test_checkers(text, instruction, ok):
   assert check_instruction(text, instruction) is ok
