@@ -51,7 +51,16 @@ class RewardResults:
 
 
 class RewardEvaluator:
-  """Evaluates named reward functions on batches with the failure policy above."""
+  """Evaluates named reward functions on batches with the failure policy above.
+
+  Args:
+    functions: the reward functions, with unique names.
+    max_workers: threads running the functions of a batch concurrently; 0 runs them in turn.
+    max_failure_rate: the largest tolerated fraction of failed samples over the window.
+    window: how many of a function's latest per-sample outcomes the rate is taken over.
+    min_window: outcomes needed before the rate is checked.
+    all_fail_min_batch: the smallest batch whose complete failure is an error.
+  """
 
   def __init__(self, functions: Sequence[RewardFunction], *, max_workers: int = 0,
                max_failure_rate: float = 0.2, window: int = 1024, min_window: int = 64,
@@ -61,6 +70,8 @@ class RewardEvaluator:
       raise ValueError(f"reward function names must be unique; got {names}")
     if not 0.0 <= max_failure_rate <= 1.0:
       raise ValueError(f"max_failure_rate must lie in [0, 1]; got {max_failure_rate}")
+    if not 1 <= min_window <= window:
+      raise ValueError(f"need 1 <= min_window <= window; got {min_window}, {window}")
     self.functions = tuple(functions)
     self.max_failure_rate = max_failure_rate
     self.min_window = min_window
@@ -165,5 +176,5 @@ class RewardEvaluator:
     if failed.any() and window_full and rate > self.max_failure_rate:
       raise RewardFunctionError(
           f"reward function {name!r} failed on {rate:.1%} of its last {len(outcomes)} samples "
-          f"(max_failure_rate {self.max_failure_rate:.1%}); last error: "
+          f"(max_failure_rate {self.max_failure_rate:.1%}); an error of this batch: "
           f"{type(first_error).__name__}: {first_error}") from first_error

@@ -143,8 +143,8 @@ class Recipe:
     base_nk = np.zeros((len(examples), len(self.names)))
     routed_nk = np.zeros((len(examples), len(self.names)), bool)
     for i, example in enumerate(examples):
+      row = self.task_row(example.task, example.id)
       for k, name in enumerate(self.names):
-        row = self.task_row(example.task, example.id)
         if name in row:
           base_nk[i, k], routed_nk[i, k] = row[name], True
     return (base_nk * multipliers).astype(np.float32), routed_nk
