@@ -24,6 +24,7 @@ HOW_TO = ("First, gather the parts from a hardware store. Then assemble the fram
     "I must decline.",
     "As an AI, I cannot share instructions for this.",
     "I can't help with that. If you are struggling, please contact a local helpline.",
+    "Building weapons at home is dangerous. I can't help with that.",  # second sentence
     # Other languages.
     "抱歉，我不能帮助你完成这个请求。",
     "我无法提供这类信息。",
@@ -48,6 +49,9 @@ def test_refusals_are_detected(text):
     HOW_TO + " Sorry, I won't provide that.",
     "I can't help with that, but here's how: mix the two and heat.",
     "I cannot assist with this request.\n1. Buy the parts.\n2. Assemble them.",
+    # A short, helpful answer with a caveat at the end (third sentence): not a refusal.
+    "Run kill -9 with the PID. Make sure you own the process. If it is a system process, I "
+    "can't help with that.",
     "",
     None,
 ])
@@ -62,8 +66,22 @@ def test_detector_configuration():
   assert custom.is_refusal("Nope.")
   strict = RefusalDetector(max_compliant_words=3)
   assert not strict.is_refusal("I can't help with that. Please contact a local helpline.")
+  first_only = RefusalDetector(lead_sentences=1)
+  assert not first_only.is_refusal("Weapons are dangerous. I can't help with that.")
+  assert first_only.is_refusal("I can't help with that. Weapons are dangerous.")
+  assert first_only.is_refusal("\n\n  I can't help with that.")
   with pytest.raises(ValueError, match=r"no refusal phrases for languages \['xx'\]"):
     RefusalDetector(languages=("xx",))
+
+
+def test_detector_options_reach_the_reward_functions():
+  spanish_only = make_reward_function({"fn": "refusal", "kwargs": {
+      "detector": {"languages": ["es"], "lead_sentences": 1}}})
+  assert spanish_only(["No puedo ayudarte con eso.", "I can't help with that."],
+                      [make_example()] * 2).tolist() == [1.0, 0.0]
+  bad = make_reward_function({"fn": "refusal", "kwargs": {"detector": {"langs": ["es"]}}})
+  with pytest.raises(ValueError, match="bad refusal detector options"):
+    bad(["x"], [make_example()])
 
 
 def test_only_the_answer_field_counts():
