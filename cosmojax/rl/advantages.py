@@ -153,18 +153,25 @@ def _centered(rewards, present, group_ids, num_groups, config) -> tuple[jax.Arra
   return jnp.where(g.has_variance_nc, rewards - g.mean_nc, 0.0), g
 
 
+def _safe_divide(x: jax.Array, denominator: jax.Array) -> jax.Array:
+  """x / denominator, and 0 where the denominator is 0 (a std that underflowed with eps = 0)."""
+  positive = denominator > 0
+  return jnp.where(positive, x / jnp.where(positive, denominator, 1.0), 0.0)
+
+
 def _batch_whiten(values_nc: jax.Array, present_nc: jax.Array, config) -> jax.Array:
   """(x - mean_B) / (std_B + eps) over the present entries of each column (0 if constant)."""
   ones = jnp.zeros(values_nc.shape[0], jnp.int32)
   g = group_stats(values_nc, present_nc, ones, 1, config.ddof)
-  return jnp.where(g.has_variance_nc, (values_nc - g.mean_nc) / (g.std_nc + config.eps), 0.0)
+  whitened = _safe_divide(values_nc - g.mean_nc, g.std_nc + config.eps)
+  return jnp.where(g.has_variance_nc, whitened, 0.0)
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo", "cpgd_std")
 def grpo_advantages(rewards_nc, present_nc, group_ids_n, num_groups, config):
   """GRPO / CPGD's STD weight: A = (r - mean_g) / (std_g + eps)."""
   centered, g = _centered(rewards_nc, present_nc, group_ids_n, num_groups, config)
-  return centered / (g.std_nc + config.eps), {}
+  return _safe_divide(centered, g.std_nc + config.eps), {}
 
 
 @ADVANTAGE_ESTIMATORS.register("dr_grpo", "cpgd_naive")
@@ -336,9 +343,9 @@ def reinforce_pp_token_advantages(
     G_bt = sum_{s >= t} m_bs r_bs = R_b - beta sum_{s >= t} m_bs kl_bs   (t a response token);
     A_bt = (G_bt - mean) / (std + eps) over every response token of the kept samples.
 
-  Whitening over tokens weights samples by their length; with beta = 0 and equal lengths it
-  equals the "reinforce_pp" estimator. Returns advantages [N, T, 1] (0 off the mask, NaN for
-  samples without objective) with weights [1.0].
+  Whitening over tokens weights samples by their length; with beta = 0, equal lengths and
+  ddof = 0 it equals the "reinforce_pp" estimator. Returns advantages [N, T, 1] (0 off the
+  mask, NaN for samples without objective) with weights [1.0].
   """
   if rewards_nk.ndim != 2 or mask_bt.shape[0] != rewards_nk.shape[0]:
     raise ValueError(
@@ -356,9 +363,8 @@ def reinforce_pp_token_advantages(
     kl = jnp.where(mask, kl_bt.astype(jnp.float32), 0.0)
     returns_bt = returns_bt - kl_coef * jnp.cumsum(kl[:, ::-1], axis=1)[:, ::-1]
   tokens = mask.reshape(-1, 1)
-  whitened = _batch_whiten(
-      returns_bt.reshape(-1, 1), tokens, AdvantageConfig(estimator="reinforce_pp", eps=eps, ddof=ddof)
-  ).reshape(mask.shape)
+  whiten_config = AdvantageConfig(estimator="reinforce_pp", eps=eps, ddof=ddof)
+  whitened = _batch_whiten(returns_bt.reshape(-1, 1), tokens, whiten_config).reshape(mask.shape)
   adv_bt = jnp.where(mask, whitened, 0.0)
   adv_bt = jnp.where(has_objective_n[:, None], adv_bt, jnp.nan)
   mean, std = _masked_moments(jnp.where(tokens, returns_bt.reshape(-1, 1), 0.0), tokens)

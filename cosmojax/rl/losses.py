@@ -44,7 +44,9 @@ import jax.numpy as jnp
 from cosmojax.registry import Registry
 from cosmojax.rl.objectives import combine_objectives
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGGREGATIONS = (
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+)
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # Per-token policy loss: (l, l0, A, mask, config) -> (loss_bt, token flags for diagnostics).
