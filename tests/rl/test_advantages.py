@@ -238,7 +238,7 @@ IDS_PROP = np.repeat(np.arange(N // G, dtype=np.int32), G)
 # rewards differ by far more than float32 rounding.
 REWARD = st.one_of(st.sampled_from([0.0, 1.0, NAN]), st.integers(-20, 20).map(lambda i: i / 4))
 REWARDS = hnp.arrays(np.float32, (N, K), elements=REWARD)
-SETTINGS = hypothesis.settings(max_examples=40, deadline=None)
+SETTINGS = hypothesis.settings(max_examples=30, deadline=None)
 
 
 @SETTINGS
