@@ -241,8 +241,11 @@ def _check_rewards(rewards_nk, group_ids_n, weights_k, sample_mask_n, num_groups
         f"group_ids_n must be integer [samples] = ({n},), got {group_ids_n.dtype} "
         f"{group_ids_n.shape}."
     )
-  if weights_k.shape != (k,):
-    raise ValueError(f"weights_k has shape {weights_k.shape}; expected ({k},) objectives.")
+  if weights_k.shape not in ((k,), (n, k)):
+    raise ValueError(
+        f"weights_k has shape {weights_k.shape}; expected ({k},) objectives or ({n}, {k}) "
+        "per-sample weights."
+    )
   if sample_mask_n is not None and sample_mask_n.shape != (n,):
     raise ValueError(f"sample_mask_n has shape {sample_mask_n.shape}; expected ({n},).")
   if not isinstance(group_ids_n, jax.core.Tracer):
@@ -260,7 +263,7 @@ def _check_rewards(rewards_nk, group_ids_n, weights_k, sample_mask_n, num_groups
 def compute_advantages(
     rewards_nk: jax.Array,  # [samples, objectives], NaN where an objective does not apply
     group_ids_n: jax.Array,  # [samples] int in [0, num_groups)
-    weights_k: jax.Array,  # [objectives], nonnegative
+    weights_k: jax.Array,  # [objectives] or per sample [samples, objectives], nonnegative
     config: AdvantageConfig = AdvantageConfig(),
     *,
     sample_mask_n: jax.Array | None = None,  # [samples] bool, False = padding
@@ -328,7 +331,7 @@ def _compute_advantages(rewards_nk, group_ids_n, weights_k, sample_mask_n, confi
 @functools.partial(jax.jit, static_argnames=("eps", "ddof"))
 def reinforce_pp_token_advantages(
     rewards_nk: jax.Array,  # [samples, objectives], NaN = not applicable
-    weights_k: jax.Array,  # [objectives]
+    weights_k: jax.Array,  # [objectives] or per sample [samples, objectives]
     mask_bt: jax.Array,  # [samples, time] response tokens
     *,
     kl_bt: jax.Array | None = None,  # [samples, time] per-token KL(pi_old || pi_ref) estimate

@@ -295,9 +295,12 @@ def _check_token_inputs(logp_bt, old_logp_bt, advantages_bk, weights_k, mask_bt,
     if x is not None and x.shape != logp_bt.shape:
       raise ValueError(f"{name} has shape {x.shape}; expected {logp_bt.shape} like logp_bt.")
   b, t = logp_bt.shape
-  if weights_k.ndim != 1:
-    raise ValueError(f"weights_k must be [objectives], got shape {weights_k.shape}.")
-  k = weights_k.shape[0]
+  k = weights_k.shape[-1]
+  if weights_k.shape not in ((k,), (b, k)):
+    raise ValueError(
+        f"weights_k must be [objectives] or per-sequence [batch, objectives], got shape "
+        f"{weights_k.shape}."
+    )
   if advantages_bk.shape not in ((b, k), (b, t, k)):
     raise ValueError(
         f"advantages_bk has shape {advantages_bk.shape}; expected [batch, objectives] = "
@@ -334,7 +337,7 @@ def policy_loss_from_logprobs(
     logp_bt: jax.Array,  # [batch, time] log pi_theta of the sampled tokens
     old_logp_bt: jax.Array,  # [batch, time] log pi_old (the sampling policy)
     advantages_bk: jax.Array,  # [batch, objectives] or [batch, time, objectives], NaN = n/a
-    weights_k: jax.Array,  # [objectives]
+    weights_k: jax.Array,  # [objectives] or per sequence [batch, objectives]
     mask_bt: jax.Array,  # [batch, time] 1 on response tokens that count
     config: PolicyLossConfig,
     *,
@@ -451,7 +454,7 @@ def multiobjective_pg_loss_reference(
     targets_bt: jax.Array,  # [batch, time] sampled token ids
     old_logp_bt: jax.Array,  # [batch, time]
     advantages_bk: jax.Array,  # [batch, objectives] or [batch, time, objectives]
-    weights_k: jax.Array,  # [objectives]
+    weights_k: jax.Array,  # [objectives] or per sequence [batch, objectives]
     mask_bt: jax.Array,  # [batch, time]
     config: PolicyLossConfig,
     *,

@@ -169,6 +169,26 @@ def test_combine_objectives_hand_computed():
   np.testing.assert_allclose(combined, [32 / 3], rtol=1e-6)
 
 
+def test_per_sample_weights_from_a_recipe():
+  # Two tasks route different objectives: sample 0 only objective 0 (weights [1, 0]);
+  # samples 1-3 both, weights [0.5, 0.5]; sample 3 misses objective 0 -> rescaled to W = 1.
+  values = jnp.array([[2.0, NAN], [1.0, 3.0], [3.0, 3.0], [NAN, 4.0]])
+  weights = jnp.array([[1.0, 0.0], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+  combined, has = combine_objectives(values, weights)
+  np.testing.assert_allclose(combined, [2.0, 2.0, 3.0, 4.0])
+  assert has.all()
+  # Group of four: combined [2, 2, 3, 4], mean 11/4, sample std (ddof=1) sqrt(11/12).
+  out = compute_advantages(values, jnp.zeros(4, jnp.int32), weights, AdvantageConfig("grpo"),
+                           num_groups=1)
+  expected = (np.array([2.0, 2.0, 3.0, 4.0]) - 2.75) / (math.sqrt(11 / 12) + 1e-6)
+  np.testing.assert_allclose(out.advantages[:, 0], expected, rtol=1e-5)
+  # Per-sample weights broadcast over tokens in [B, T, K] values as well.
+  combined_btk, _ = combine_objectives(jnp.broadcast_to(values[:, None, :], (4, 3, 2)), weights)
+  np.testing.assert_allclose(combined_btk, np.repeat([[2.0], [2.0], [3.0], [4.0]], 3, 1))
+  with pytest.raises(ValueError, match=r"expected \(2,\) or \(4, 2\)"):
+    combine_objectives(values, jnp.ones((3, 2)))
+
+
 def test_reinforce_pp_token_level_kl_hand_computed():
   # Two samples, T = 3; sample 1 has two response tokens. Rewards 1 and 0, beta = 0.5.
   mask = jnp.array([[1, 1, 1], [1, 1, 0]], jnp.float32)

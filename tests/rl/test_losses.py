@@ -231,6 +231,20 @@ def test_objectives_combined_nan_aware_inside_the_loss():
   np.testing.assert_allclose(diag["objective_advantage_mean"], [-0.25, 0.5], rtol=1e-6)
 
 
+def test_per_sequence_weights_inside_the_loss():
+  logp, old = _from_ratios([[1.0, 1.1], [0.9, 1.0]])
+  # Row 0 weights (1, 0): 0.5; row 1 weights (1, 1) with objective 0 missing: 2 * 0.25 = 0.5.
+  adv = jnp.array([[0.5, -3.0], [np.nan, 0.25]])
+  weights = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+  combined = jnp.array([[0.5], [0.5]])
+  mask = jnp.ones((2, 2))
+  config = PolicyLossConfig(loss_type="cpgd")
+  loss, _, grad = _loss_and_grad(logp, old, adv, weights, mask, config)
+  loss_ref, _, grad_ref = _loss_and_grad(logp, old, combined, ONE, mask, config)
+  assert loss == pytest.approx(loss_ref, rel=1e-6)
+  np.testing.assert_allclose(grad, grad_ref, rtol=1e-6)
+
+
 def test_token_level_advantages():
   logp, old = _from_ratios([[1.0, 1.0, 1.0]])
   adv_btk = jnp.array([[[1.0], [-2.0], [4.0]]])
