@@ -16,7 +16,7 @@ TINY_VOCABULARY = (
     "How many circles squares are there in the image picture What colour color is it "
     "The answer Answer red green blue yes no I cannot help with that Describe describe "
     "think description a an of and one two three four five six seven eight nine zero "
-    "left right top bottom shape shapes count Please step by"
+    "left right top bottom shape shapes count Please step by And"
 ).split()
 
 
