@@ -117,7 +117,6 @@ class ChatFormatter:
     self.max_images_per_example = max_images_per_example
     self.load_image = load_image
     self.token_ids = tokenizer_lib.qwen_token_ids(tokenizer)
-    self.eos_text = tokenizer.convert_ids_to_tokens(self.token_ids.eos)
     self.drops = DropLog()
 
   def sft(self, example: types.Example | None) -> FormattedExample | None:
@@ -159,7 +158,7 @@ class ChatFormatter:
     return np.asarray(encoding["input_ids"], np.int32), offsets
 
   def _assistant_spans(self, example, messages, text) -> list[tuple[int, int]]:
-    """Character spans [start, end) of each assistant turn's content and end-of-turn token."""
+    """Character spans [start, end) of each assistant turn's content and its <|im_end|>."""
     spans = []
     for k, message in enumerate(messages):
       if message["role"] != "assistant":
@@ -172,8 +171,8 @@ class ChatFormatter:
             "extension of the earlier turns; loss masks need a prefix-stable template."
         )
       start, end = len(prefix), len(through)
-      eos = text.find(self.eos_text, start, end)
-      spans.append((start, eos + len(self.eos_text) if eos >= 0 else end))
+      end_of_turn = text.find(tokenizer_lib.IM_END, start, end)
+      spans.append((start, end_of_turn + len(tokenizer_lib.IM_END) if end_of_turn >= 0 else end))
     return spans
 
   def _finish(self, example, input_ids, target, *, allow_truncation) -> FormattedExample | None:
@@ -234,7 +233,8 @@ class ChatFormatter:
       try:
         return self.load_image(image)
       except Exception as e:  # PIL raises many types for corrupt files.
-        raise ValueError(f"Example {example.id!r}: images[{k}] ({image}) cannot be decoded: {e}") from e
+        raise ValueError(
+            f"Example {example.id!r}: images[{k}] ({image}) cannot be decoded: {e}") from e
     try:
       return image_processing.to_rgb_array(image)
     except (TypeError, ValueError) as e:

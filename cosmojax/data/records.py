@@ -297,7 +297,8 @@ def _read(path, records, task, on_error, check_images) -> RecordSet:
           check_images=check_images,
       )
       if example.id in seen:
-        raise RecordError(origin, "id", f"duplicate id {example.id!r} (first at {seen[example.id]})")
+        raise RecordError(
+            origin, "id", f"duplicate id {example.id!r} (first at {seen[example.id]})")
     except RecordError as e:
       if on_error == "raise":
         raise
@@ -349,9 +350,11 @@ def _part(part: Any, origin: str, field: str) -> dict[str, Any]:
     return {"type": "image"}
   if part.get("type") == "text":
     if not isinstance(part.get("text"), str):
-      raise RecordError(origin, f"{field}.text", f"expected a string, got {_kind(part.get('text'))}")
+      raise RecordError(
+          origin, f"{field}.text", f"expected a string, got {_kind(part.get('text'))}")
     return {"type": "text", "text": part["text"]}
-  raise RecordError(origin, f"{field}.type", f"expected 'text' or 'image', got {part.get('type')!r}")
+  raise RecordError(
+      origin, f"{field}.type", f"expected 'text' or 'image', got {part.get('type')!r}")
 
 
 def _images(value: Any, origin: str, base_dir: str | None, check: bool) -> tuple[Any, ...]:
@@ -393,7 +396,8 @@ def _safety(value: Any, origin: str) -> types.SafetyLabel:
     raise RecordError(origin, "safety", f"expected an object, got {_kind(value)}")
   unknown = sorted(set(value) - {"unsafe", "category", "attack"})
   if unknown:
-    raise RecordError(origin, f"safety.{unknown[0]}", "unknown field (known: unsafe, category, attack)")
+    raise RecordError(
+        origin, f"safety.{unknown[0]}", "unknown field (known: unsafe, category, attack)")
   unsafe = value.get("unsafe", False)
   if not isinstance(unsafe, (bool, np.bool_)):
     raise RecordError(origin, "safety.unsafe", f"expected true/false, got {_kind(unsafe)}")

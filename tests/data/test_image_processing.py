@@ -56,11 +56,12 @@ def test_matches_transformers_on_pil_modes_and_lists():
 def test_smart_resize_hand_computed():
   # 30x40 = 1200 px < 3136: beta = sqrt(3136/1200) = 1.6166; ceil(30*1.6166/28)*28 = 56,
   # ceil(40*1.6166/28)*28 = 84.
-  assert image_processing.smart_resize(30, 40, factor=28, min_pixels=3136, max_pixels=10**6) == (56, 84)
+  resize = image_processing.smart_resize
+  assert resize(30, 40, factor=28, min_pixels=3136, max_pixels=10**6) == (56, 84)
   # 70 / 28 = 2.5 rounds half to even -> 2 * 28 = 56; 98 / 28 = 3.5 -> 4 * 28 = 112.
-  assert image_processing.smart_resize(70, 98, factor=28, min_pixels=28, max_pixels=10**6) == (56, 112)
+  assert resize(70, 98, factor=28, min_pixels=28, max_pixels=10**6) == (56, 112)
   with pytest.raises(ValueError, match="aspect ratio"):
-    image_processing.smart_resize(1, 201, factor=28, min_pixels=28, max_pixels=10**6)
+    resize(1, 201, factor=28, min_pixels=28, max_pixels=10**6)
 
 
 def test_patch_layout_by_hand():
@@ -78,7 +79,8 @@ def test_patch_layout_by_hand():
     for j in range(2):
       row = out.pixel_values[2 * i + j].reshape(3, 2, 14, 14)
       for c in range(3):
-        expected = (np.float32(10 * i + j) / 255 - image_processing.CLIP_MEAN[c]) / image_processing.CLIP_STD[c]
+        mean, std = image_processing.CLIP_MEAN[c], image_processing.CLIP_STD[c]
+        expected = (np.float32(10 * i + j) / 255 - mean) / std
         np.testing.assert_allclose(row[c], expected, atol=1e-6)
 
 
@@ -96,7 +98,8 @@ def test_from_dict_reads_hf_preprocessor_config():
       {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "merge_size": 2,
        "temporal_patch_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
   assert proc.max_pixels == 12845056 and proc.image_mean == (0.5, 0.5, 0.5)
-  proc = image_processing.ImageProcessor.from_dict({"size": {"shortest_edge": 100, "longest_edge": 900}})
+  proc = image_processing.ImageProcessor.from_dict(
+      {"size": {"shortest_edge": 100, "longest_edge": 900}})
   assert (proc.min_pixels, proc.max_pixels) == (100, 900)
 
 

@@ -98,7 +98,8 @@ def test_malformed_jsonl_names_file_line_and_field(data_dir, line, field, reason
 
 def test_duplicate_ids_name_both_lines(data_dir):
   path = _write_jsonl(data_dir / "dup.jsonl", [GOOD, GOOD])
-  with pytest.raises(records.RecordError, match=rf"dup.jsonl:2: field 'id': duplicate id 'ex-1' \(first at .*dup.jsonl:1\)"):
+  message = r"dup.jsonl:2: field 'id': duplicate id 'ex-1' \(first at .*dup.jsonl:1\)"
+  with pytest.raises(records.RecordError, match=message):
     records.read_jsonl(path)
 
 
@@ -128,7 +129,8 @@ def test_reads_parquet_with_json_messages(data_dir):
   ]
   path = str(data_dir / "train.parquet")
   pq.write_table(pa.Table.from_pylist(rows), path)
-  with pytest.raises(records.RecordError, match=r"train.parquet: row 2: field 'images': Example 'ex-3': 0 image parts"):
+  message = r"train.parquet: row 2: field 'images': Example 'ex-3': 0 image parts"
+  with pytest.raises(records.RecordError, match=message):
     records.read_parquet(path)
   out = records.read_parquet(path, on_error="skip")
   assert [e.id for e in out] == ["ex-1", "ex-2"]
@@ -211,7 +213,8 @@ def test_tfds_source_raises_naming_split_and_index(tfds_builder):
   source = records.TfdsSource(tfds_builder, "train")
   bad = [i for i in range(4) if _raises(source, i)]
   assert len(bad) == 1
-  with pytest.raises(records.RecordError, match=rf"tfds:cosmojax_tiny_records/train\[{bad[0]}\]: field 'messages'"):
+  message = rf"tfds:cosmojax_tiny_records/train\[{bad[0]}\]: field 'messages'"
+  with pytest.raises(records.RecordError, match=message):
     source[bad[0]]
 
 

@@ -37,7 +37,8 @@ def test_chat_template_and_lossless_round_trip(kind, tmp_path):
   assert ids == tok(RENDERED, add_special_tokens=False)["input_ids"]
   assert loaded.decode(ids) == RENDERED
   assert loaded.decode(ids, skip_special_tokens=True) == (
-      "system\nYou are a helpful assistant.\nuser\nHow many circles?\nassistant\nThe answer is 3.\n")
+      "system\nYou are a helpful assistant.\nuser\nHow many circles?\nassistant\n"
+      "The answer is 3.\n")
   # Each special token is one token.
   for token in tokenizer_lib.SPECIAL_TOKENS:
     assert len(loaded(token, add_special_tokens=False)["input_ids"]) == 1

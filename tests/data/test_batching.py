@@ -1,0 +1,103 @@
+"""Collation into static-shape buckets."""
+
+import numpy as np
+import pytest
+
+from cosmojax import types
+from cosmojax.data import batching
+from cosmojax.data import formatting
+from tests import common
+
+D = 6  # patch_dim of the hand-made examples
+
+
+def _item(task, ids, loss=None, patches=0, grids=()):
+  example = types.Example(id=f"{task}-{len(ids)}", task=task, messages=(types.user_message("x"),))
+  return formatting.FormattedExample(
+      example=example,
+      input_ids=np.asarray(ids, np.int32),
+      attention_mask=np.ones(len(ids), np.int32),
+      loss_mask=np.asarray(loss if loss is not None else [0] * len(ids), np.int32),
+      pixel_values=np.arange(patches * D, dtype=np.float32).reshape(patches, D) + 1,
+      image_grid_thw=np.asarray(grids, np.int32).reshape(-1, 3),
+  )
+
+
+SPEC = batching.BatchSpec(
+    batch_size=3, length_buckets=(4, 8), patch_buckets=(0, 8, 16), max_images=3)
+
+
+def _collator(**kwargs):
+  return batching.Collator(SPEC, pad_id=0, patch_dim=D, task_names=("a", "b"), **kwargs)
+
+
+def test_sft_right_pads_into_the_smallest_length_bucket():
+  items = [_item("a", [7, 8, 9], [0, 1, 1]), _item("b", [5, 6, 7, 8, 9], [0, 0, 1, 1, 1])]
+  batch, meta = _collator().sft(items)
+  np.testing.assert_array_equal(batch.input_ids, [[7, 8, 9, 0, 0, 0, 0, 0],
+                                                  [5, 6, 7, 8, 9, 0, 0, 0],
+                                                  [0] * 8])
+  np.testing.assert_array_equal(batch.attention_mask, [[1, 1, 1, 0, 0, 0, 0, 0],
+                                                       [1, 1, 1, 1, 1, 0, 0, 0], [0] * 8])
+  np.testing.assert_array_equal(batch.loss_mask, [[0, 1, 1, 0, 0, 0, 0, 0],
+                                                  [0, 0, 1, 1, 1, 0, 0, 0], [0] * 8])
+  np.testing.assert_array_equal(batch.task_ids, [0, 1, -1])
+  np.testing.assert_array_equal(batch.example_mask, [True, True, False])
+  assert batch.pixel_values.shape == (0, D) and batch.image_grid_thw.shape == (3, 3)
+  assert batch.position_ids is None
+  assert meta.ids == ("a-3", "b-5", "") and meta.tasks == ("a", "b", "")
+  assert meta.examples[2] is None and meta.task_names == ("a", "b")
+
+
+def test_prompts_left_pad_and_images_concatenate_in_row_order():
+  items = [_item("a", [7, 8], patches=4, grids=[[1, 2, 2]]),
+           _item("b", [5, 6, 7], patches=5, grids=[[1, 1, 2], [1, 1, 3]]),
+           _item("a", [9])]
+  batch, _ = _collator().prompts(items)
+  np.testing.assert_array_equal(batch.input_ids, [[0, 0, 7, 8], [0, 5, 6, 7], [0, 0, 0, 9]])
+  np.testing.assert_array_equal(batch.attention_mask, [[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1]])
+  assert not hasattr(batch, "loss_mask")
+  # 9 patches -> bucket 16; rows 0..3 from item 0, 4..8 from item 1, zeros after.
+  assert batch.pixel_values.shape == (16, D)
+  np.testing.assert_array_equal(batch.pixel_values[:4], items[0].pixel_values)
+  np.testing.assert_array_equal(batch.pixel_values[4:9], items[1].pixel_values)
+  assert not batch.pixel_values[9:].any()
+  np.testing.assert_array_equal(batch.image_grid_thw, [[1, 2, 2], [1, 1, 2], [1, 1, 3]])
+
+
+def test_position_fn_gets_the_valid_grids_and_fills_positions():
+  calls = []
+
+  def position_fn(input_ids, attention_mask, grids):
+    calls.append(grids.copy())
+    b, t = input_ids.shape
+    positions = np.broadcast_to(np.cumsum(attention_mask, axis=1) - 1, (3, b, t))
+    return positions, np.arange(b)
+
+  item = _item("a", [7, 8], patches=4, grids=[[1, 2, 2]])
+  batch, _ = _collator(position_fn=position_fn).prompts([item])
+  np.testing.assert_array_equal(calls[0], [[1, 2, 2]])
+  assert batch.position_ids.shape == (3, 3, 4) and batch.position_ids.dtype == np.int32
+  np.testing.assert_array_equal(batch.position_ids[0, 0], [-1, -1, 0, 1])
+  np.testing.assert_array_equal(batch.rope_deltas, [0, 1, 2])
+
+
+def test_overflows_name_the_limit():
+  with pytest.raises(ValueError, match="9 tokens exceeds the largest length bucket 8"):
+    _collator().sft([_item("a", list(range(1, 10)))])
+  with pytest.raises(ValueError, match="17 image patches, above the largest patch bucket 16"):
+    _collator().sft([_item("a", [1], patches=17, grids=[[1, 1, 17]])])
+  with pytest.raises(ValueError, match="task 'c' is not in the task names"):
+    _collator().sft([_item("c", [1])])
+  with pytest.raises(ValueError, match="must be non-empty, ascending"):
+    batching.BatchSpec(2, (8, 4))
+
+
+def test_patch_budget_by_hand():
+  # tiny processor: max_pixels 28*28*4 -> at most 16 patches of 14 px per image.
+  proc = common.tiny_image_processor()
+  assert batching.patch_budget(4, 64, proc, max_images_per_example=2) == 4 * 32
+  # 3 tokens of room per row can hold at most 4 * 3 = 12 patches.
+  assert batching.patch_budget(4, 3, proc, max_images_per_example=2) == 4 * 12
+  spec = batching.BatchSpec.for_images(4, (32, 64), proc, 2, num_patch_buckets=4)
+  assert spec.patch_buckets == (32, 64, 96, 128) and spec.max_images == 8
