@@ -9,8 +9,10 @@ every prompt ends at position T - 1 and generation starts at T. A short final ba
 passes) is filled with padding rows whose `example_mask` is False and `task_ids` -1.
 
 M-RoPE positions come from an optional `position_fn(input_ids [B, T], attention_mask [B, T],
-image_grid_thw [num_valid_images, 3]) -> (position_ids [3, B, T], rope_deltas [B])`, the
-model's host-side `get_rope_index`; without one, `position_ids` is None.
+image_grid_thw [num_valid_images, 3]) -> (position_ids [3, B, T], rope_deltas [B] or [B, 1])`,
+the model's host-side `get_rope_index`, e.g.
+`lambda ids, mask, grid: get_rope_index(ids, grid, mask, model_config)`; without one,
+`position_ids` is None.
 """
 
 from __future__ import annotations
@@ -86,10 +88,12 @@ class BatchSpec:
   ) -> "BatchSpec":
     """A spec whose largest patch bucket can never overflow (see `patch_budget`).
 
-    The patch buckets split the budget into `num_patch_buckets` equal steps.
+    The patch buckets split the budget into `num_patch_buckets` equal steps, each a multiple
+    of merge_size**2 (the vision tower merges patches in groups of that size).
     """
     budget = patch_budget(batch_size, length_buckets[-1], image_processor, max_images_per_example)
-    step = -(-budget // num_patch_buckets)
+    unit = image_processor.merge_size**2
+    step = -(-budget // (num_patch_buckets * unit)) * unit
     buckets = tuple(sorted({min(budget, step * (i + 1)) for i in range(num_patch_buckets)}))
     return cls(batch_size, tuple(length_buckets), buckets, batch_size * max_images_per_example)
 
@@ -103,11 +107,13 @@ def patch_budget(
   """An upper bound on the image patches of one batch.
 
   A row holds at most `max_images_per_example` images of at most
-  max(max_pixels, factor**2) / patch_size**2 patches each, and at most
-  merge_size**2 * max_length patches in all (its placeholders fit in the row).
+  max(max_pixels, factor**2) / patch_size**2 patches each (rounded down to a multiple of
+  merge_size**2, as every image's patch count is), and at most merge_size**2 * max_length
+  patches in all (its placeholders fit in the row). The bound is a multiple of merge_size**2.
   """
   p = image_processor
-  per_image = max(p.max_pixels, p.factor**2) // p.patch_size**2
+  unit = p.merge_size**2
+  per_image = max(p.max_pixels, p.factor**2) // p.patch_size**2 // unit * unit
   per_row = min(max_images_per_example * per_image, p.merge_size**2 * max_length)
   return batch_size * per_row
 
@@ -146,6 +152,10 @@ class Collator:
     if formatter.max_length > spec.max_length:
       raise ValueError(f"formatter max_length {formatter.max_length} exceeds the largest "
                        f"length bucket {spec.max_length}.")
+    unit = formatter.image_processor.merge_size**2
+    if any(p % unit for p in spec.patch_buckets):
+      raise ValueError(f"patch buckets {spec.patch_buckets} must be multiples of "
+                       f"merge_size**2 = {unit} (the vision tower's merge unit).")
     return cls(spec, pad_id=formatter.token_ids.pad, patch_dim=formatter.image_processor.patch_dim,
                task_names=task_names, position_fn=position_fn)
 

@@ -6,6 +6,7 @@ import pytest
 from cosmojax import types
 from cosmojax.data import batching
 from cosmojax.data import formatting
+from cosmojax.data import image_processing
 from tests import common
 
 D = 6  # patch_dim of the hand-made examples
@@ -101,3 +102,17 @@ def test_patch_budget_by_hand():
   assert batching.patch_budget(4, 3, proc, max_images_per_example=2) == 4 * 12
   spec = batching.BatchSpec.for_images(4, (32, 64), proc, 2, num_patch_buckets=4)
   assert spec.patch_buckets == (32, 64, 96, 128) and spec.max_images == 8
+  # max_pixels 30*30 -> 900 // 196 = 4 patches (4 of 14 px fit: 28x28); 3 buckets of 16
+  # patches -> steps of ceil(16 / 3 / 4) * 4 = 8.
+  proc = image_processing.ImageProcessor(min_pixels=100, max_pixels=30 * 30)
+  assert batching.patch_budget(4, 64, proc, max_images_per_example=1) == 16
+  spec = batching.BatchSpec.for_images(4, (64,), proc, 1, num_patch_buckets=3)
+  assert spec.patch_buckets == (8, 16)
+
+
+def test_patch_buckets_must_be_multiples_of_the_merge_unit():
+  formatter = formatting.ChatFormatter(common.tiny_tokenizer(), max_length=8)
+  spec = batching.BatchSpec(2, (8,), patch_buckets=(0, 6), max_images=2)
+  message = r"patch buckets \(0, 6\) must be multiples of merge_size\*\*2 = 4"
+  with pytest.raises(ValueError, match=message):
+    batching.Collator.for_formatter(spec, formatter, ["a"])
