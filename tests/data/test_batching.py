@@ -116,3 +116,55 @@ def test_patch_buckets_must_be_multiples_of_the_merge_unit():
   message = r"patch buckets \(0, 6\) must be multiples of merge_size\*\*2 = 4"
   with pytest.raises(ValueError, match=message):
     batching.Collator.for_formatter(spec, formatter, ["a"])
+
+
+def test_batches_feed_the_model_vision_tower_and_rope_index():
+  """Against cosmojax.models (from the model branch; skipped until it is merged).
+
+  The vision tower emits one embedding per placeholder token for the valid patches of a
+  padded batch, and the model's get_rope_index plugs in as the collator's position_fn.
+  """
+  import dataclasses
+
+  import jax.numpy as jnp
+
+  from cosmojax import models
+  if not hasattr(models, "Qwen2_5_VL"):
+    pytest.skip("cosmojax.models.Qwen2_5_VL is not merged into this branch yet")
+  config = models.tiny_qwen2_5_vl_config(vocab_size=256)  # patches of 4 px, merge 2
+  config = dataclasses.replace(
+      config, text=dataclasses.replace(config.text, mrope_section=(2, 3, 3)),
+      image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
+  proc = image_processing.ImageProcessor(min_pixels=8 * 8 * 4, max_pixels=8 * 8 * 16, patch_size=4)
+  formatter = formatting.ChatFormatter(common.tiny_tokenizer(), proc, max_length=64)
+  spec = batching.BatchSpec.for_images(3, (32, 64), proc, 2, num_patch_buckets=2)
+  collator = batching.Collator.for_formatter(
+      spec, formatter, ["count"],
+      position_fn=lambda ids, mask, grid: models.get_rope_index(ids, grid, mask, config))
+  examples = (common.tiny_examples("count", 2, num_images=1)
+              + common.tiny_examples("count", 1, num_images=2, seed=5))
+  batch, _ = collator.sft([formatter.sft(e) for e in examples])
+  valid = batch.image_grid_thw[batch.image_grid_thw[:, 0] > 0]
+  meta = models.vision_metadata(valid, config.vision, pad_to=batch.pixel_values.shape[0])
+  model = models.Qwen2_5_VL(config)
+  embeds = model.encode_images(jnp.asarray(batch.pixel_values), vision_meta=meta)
+  num_placeholders = int(np.sum(batch.input_ids == 5))
+  assert num_placeholders == int(np.prod(valid, axis=1).sum()) // 4
+  # The padded tower output starts with exactly the unpadded one, one row per placeholder.
+  unpadded = model.encode_images(jnp.asarray(batch.pixel_values[:num_placeholders * 4]), valid)
+  assert unpadded.shape[0] == num_placeholders
+  np.testing.assert_allclose(embeds[:num_placeholders], unpadded, atol=1e-5)
+  # M-RoPE through the hook, on left-padded prompts: an image of merged grid (lh, lw) takes
+  # lh*lw tokens but advances positions by max(lh, lw), so a row's rope delta (the next
+  # position minus its number of real tokens) is the sum over its images of
+  # max(lh, lw) - lh*lw; a text-only row has positions 0, 1, ... and delta 0.
+  examples.append(common.tiny_examples("count", 1, num_images=0)[0])
+  prompts, _ = collator.prompts([formatter.prompt(e) for e in examples[1:]])
+  assert prompts.position_ids.shape == (3,) + prompts.input_ids.shape
+  grids = iter(prompts.image_grid_thw[prompts.image_grid_thw[:, 0] > 0] // [1, 2, 2])
+  for row, example in enumerate(examples[1:]):
+    merged = [next(grids) for _ in example.images]
+    assert prompts.rope_deltas[row] == sum(max(h, w) - h * w for _, h, w in merged)
+  real = prompts.attention_mask[2] == 1
+  np.testing.assert_array_equal(prompts.position_ids[:, 2, real],
+                                np.broadcast_to(np.arange(real.sum()), (3, real.sum())))
