@@ -165,3 +165,27 @@ def test_eval_batches_keep_order_and_pad_the_last_batch():
     for row, example in zip(batch.input_ids, meta.examples):
       if example is not None:
         assert tok.decode(row[-3:]) == "<|im_start|>assistant\n"
+
+
+def test_jsonl_files_to_batches(tmp_path):
+  from PIL import Image
+
+  from cosmojax.data import image_processing
+  from cosmojax.data import records
+
+  images = [common.tiny_image(28 * (1 + i % 2), 56, seed=i) for i in range(3)]
+  with open(tmp_path / "train.jsonl", "w") as f:
+    for i, image in enumerate(images):
+      Image.fromarray(image).save(tmp_path / f"{i}.png")
+      f.write(json.dumps({"id": f"r{i}", "images": [f"{i}.png"], "messages": [
+          {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe"}]},
+          {"role": "assistant", "content": "red"}]}) + "\n")
+  examples = records.read_jsonl(str(tmp_path / "train.jsonl"), task="count")
+  formatter = formatting.ChatFormatter(common.tiny_tokenizer(), common.tiny_image_processor(),
+                                       max_length=64)
+  (batch, meta), = pipeline.eval_batches(examples, formatter, SPEC, task_names=TASKS)
+  assert meta.ids == ("r0", "r1", "r2", "")
+  expected = image_processing.ImageProcessor(min_pixels=28 * 28, max_pixels=28 * 28 * 4)(images)
+  n = len(expected.pixel_values)
+  np.testing.assert_array_equal(batch.pixel_values[:n], expected.pixel_values)
+  np.testing.assert_array_equal(batch.image_grid_thw[:3], expected.image_grid_thw)
