@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
+import flax.struct
+
 # Roles of chat messages, as in Hugging Face chat templates.
 ROLES = ("system", "user", "assistant")
 
@@ -145,3 +147,94 @@ def user_message(text: str, num_images: int = 0) -> dict[str, Any]:
 def examples_field(examples: Sequence[Example], name: str) -> list[Any]:
   """The values of one field over a batch of examples."""
   return [getattr(e, name) for e in examples]
+
+
+# --- Device-side batches produced by the data pipeline (cosmojax.data) ----------------------
+#
+# Shapes are static per bucket: T is a token-length bucket, P a patch-count bucket and I the
+# number of image slots of `cosmojax.data.BatchSpec`, so a jitted step compiles once per
+# (T, P) bucket pair. Images of all rows are concatenated in row order (and in order within a
+# row); the k-th valid row of `image_grid_thw` belongs to the k-th run of `<|image_pad|>`
+# tokens in `input_ids` read row by row, and that run holds
+# grid_t * grid_h * grid_w // merge_size**2 tokens. Rows of `pixel_values` after the
+# sum(grid_t * grid_h * grid_w) valid patches, and rows of `image_grid_thw` after the valid
+# images, are zero padding: the vision tower must ignore them (no placeholder consumes them).
+
+
+@flax.struct.dataclass
+class SFTBatch:
+  """A supervised (SFT) batch, right-padded.
+
+  Attributes:
+    input_ids: [B, T] int32 token ids, padded on the right with the pad id.
+    attention_mask: [B, T] int32, 1 on real tokens, 0 on padding.
+    loss_mask: [B, T] int32, 1 where input_ids[b, t] is a target (assistant) token: the
+      logits at t - 1 are trained to predict it. Image tokens and prompts are 0.
+    pixel_values: [P, C * temporal_patch_size * patch_size**2] float32 image patches.
+    image_grid_thw: [I, 3] int32 (grid_t, grid_h, grid_w) per image; zero rows are padding.
+    task_ids: [B] int32 index of each row's task in `BatchMeta.task_names`; -1 on padding rows.
+    example_mask: [B] bool, False on padding rows (a short final batch of a finite pass).
+    position_ids: [3, B, T] int32 M-RoPE positions (temporal, height, width) when the
+      pipeline was given a `position_fn`, else None (the model derives them).
+  """
+
+  input_ids: Any
+  attention_mask: Any
+  loss_mask: Any
+  pixel_values: Any
+  image_grid_thw: Any
+  task_ids: Any
+  example_mask: Any
+  position_ids: Any = None
+
+
+@flax.struct.dataclass
+class PromptBatch:
+  """Prompts for rollout or evaluation, left-padded so that generation starts at T.
+
+  Every prompt ends with the generation prompt `<|im_start|>assistant\\n`.
+
+  Attributes:
+    input_ids: [B, T] int32 token ids, padded on the left with the pad id.
+    attention_mask: [B, T] int32, 1 on real tokens, 0 on padding.
+    pixel_values: [P, C * temporal_patch_size * patch_size**2] float32 image patches.
+    image_grid_thw: [I, 3] int32 (grid_t, grid_h, grid_w) per image; zero rows are padding.
+    task_ids: [B] int32 index of each row's task in `BatchMeta.task_names`; -1 on padding rows.
+    example_mask: [B] bool, False on padding rows.
+    position_ids: [3, B, T] int32 M-RoPE positions, or None (see SFTBatch).
+    rope_deltas: [B] int32 M-RoPE offset of the first generated position relative to T
+      (what decoding adds to its text positions), or None with position_ids.
+  """
+
+  input_ids: Any
+  attention_mask: Any
+  pixel_values: Any
+  image_grid_thw: Any
+  task_ids: Any
+  example_mask: Any
+  position_ids: Any = None
+  rope_deltas: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchMeta:
+  """Host-side companion of a device batch: which examples its rows hold.
+
+  Attributes:
+    examples: per row, the source `Example` (labels for rewards and evaluation), or None on
+      padding rows.
+    task_names: the task vocabulary that `task_ids` index.
+  """
+
+  examples: tuple[Example | None, ...]
+  task_names: tuple[str, ...]
+
+  @property
+  def ids(self) -> tuple[str, ...]:
+    """Example ids per row ("" on padding rows)."""
+    return tuple(e.id if e is not None else "" for e in self.examples)
+
+  @property
+  def tasks(self) -> tuple[str, ...]:
+    """Task names per row ("" on padding rows)."""
+    return tuple(e.task if e is not None else "" for e in self.examples)
