@@ -51,11 +51,14 @@ import zlib
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+import transformers
 
 from cosmojax import types
 from cosmojax.data import synthetic_lexicon as lex
+from cosmojax.data import tokenizer
 from cosmojax.data import synthetic_safety  # noqa: F401  (registers the safety tasks)
-from cosmojax.data.synthetic_tasks import SOURCE, SPLITS, TASKS, Ctx, SuiteConfig, format_target
+from cosmojax.data.synthetic_tasks import (BENIGN_FORMS, SOURCE, SPLITS, TASKS, Ctx, SuiteConfig,
+                                          format_target, split_of)
 
 CAPABILITY_TASKS = ("count", "compare", "arithmetic", "instruction")
 JAILBREAK_TASKS = ("jailbreak_typographic", "jailbreak_query_image", "jailbreak_split_intent")
@@ -139,6 +142,14 @@ class SFTMixConfig:
   refusal_fraction: float = 0.25
   jailbreak_fraction: float = 0.0
 
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.name.endswith("_fraction") and not 0 <= value <= 1:
+        raise ValueError(f"SFTMixConfig.{field.name} is {value}; it must lie in [0, 1].")
+    if self.examples_per_task < 0:
+      raise ValueError(f"SFTMixConfig.examples_per_task is {self.examples_per_task} (< 0).")
+
   def task_counts(self) -> dict[str, int]:
     n = self.examples_per_task
     fractions = {
@@ -148,9 +159,6 @@ class SFTMixConfig:
         "harmful_text": self.refusal_fraction,
         **{t: self.jailbreak_fraction for t in JAILBREAK_TASKS},
     }
-    for task, f in fractions.items():
-      if not 0 <= f <= 1:
-        raise ValueError(f"SFTMixConfig fraction of {task!r} is {f}; it must lie in [0, 1].")
     return {t: int(round(n * f)) for t, f in fractions.items()}
 
 
@@ -169,6 +177,34 @@ def suite_corpus(config: SuiteConfig = SuiteConfig(), examples_per_task: int = 3
       for example in generate(task, split, examples_per_task, config):
         for message in example.messages:
           yield types.message_text(message)
+
+
+TARGET_TAGS = ("<description>", "</description>", "<think>", "</think>", "<answer>", "</answer>")
+
+
+def build_suite_tokenizer(
+    config: SuiteConfig = SuiteConfig(),
+    *,
+    vocab_size: int = 2048,
+    examples_per_task: int = 32,
+    default_system: str | None = None,
+    save_dir: str | None = None,
+) -> transformers.PreTrainedTokenizerFast:
+  """The suite's tokenizer: Qwen2.5-VL chat template and special tokens, byte-level BPE.
+
+  Trained on `suite_corpus` with every vocabulary unit also given alone, so that each unit of
+  `suite_vocabulary()` is one token with or without a leading space (about 1.7k tokens in
+  all); the six target tags are added as single (non-special) tokens, so decoding keeps them.
+  Any text still round-trips exactly (byte-level). No default system prompt by default, to
+  keep sequences short for the tiny demo model.
+  """
+  tok = tokenizer.build_tokenizer(
+      vocabulary=sorted(lex.suite_vocabulary()), corpus=suite_corpus(config, examples_per_task),
+      kind="bpe", vocab_size=vocab_size, default_system=default_system)
+  tok.add_tokens(list(TARGET_TAGS))
+  if save_dir is not None:
+    tok.save_pretrained(save_dir)
+  return tok
 
 
 def text_length(text: str) -> int:

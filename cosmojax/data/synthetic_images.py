@@ -137,14 +137,14 @@ def _layout(
   f = font(font_size)
   ascent, descent = f.getmetrics()
   line_height = ascent + descent + 1
-  space = f.getlength(" ") + 1
+  space = f.getlength(" ", mode="1") + 1
   lines: list[list[tuple[str, float]]] = []  # (word, x offset within the line)
   line_widths: list[float] = []
   for paragraph in text.split("\n"):
     line: list[tuple[str, float]] = []
     x = 0.0
     for word in paragraph.split():
-      w = f.getlength(word)
+      w = f.getlength(word, mode="1")  # advances of the un-anti-aliased glyphs we draw
       if w > width - 2 * margin:
         return None
       if line and x + w > width - 2 * margin:

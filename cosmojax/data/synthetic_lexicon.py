@@ -3,8 +3,8 @@
 Everything the suite can say is assembled from the word lists and templates below, so a tiny
 word-level model can learn it in minutes and `suite_vocabulary()` can enumerate it. Text is
 lower case except the choice letters "A", "B", "C" and answers written under the "uppercase"
-instruction. Numbers are written in digits; the tokenizer splits them into single digits
-(as Qwen's does), so the vocabulary holds "0".."9" only.
+instruction. Numbers are written in digits; `text_units` splits them into single digits, so
+the vocabulary holds "0".."9" and no numbers.
 
 Refusal phrasings (`REFUSALS`, the answer of every refusal target; a refusal detector should
 recognise each of them, case-insensitively):
