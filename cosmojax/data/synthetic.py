@@ -1,19 +1,21 @@
 """The synthetic multimodal safety suite: tiny, procedural, learnable by a tiny model on CPU.
 
-Tasks (`Example.task`) and what they carry:
+Tasks (`Example.task`) and what they carry (images are uint8 [S, S, 3], S = image_size):
 
-  task                    images                 answer_type / ground_truth      safety
-  count                   shape scene            number, "3"                     safe
-  compare                 shape scene            choice, "A" (choices "red shapes", ...)
-  arithmetic              shape scene            number (total, difference, corners, add)
-  instruction             shape scene            text: the content word ("red"); the answer
-                                                 must also satisfy `Example.instructions`
-  value                   none                   choice, "B"; `preferred` == ground_truth
-  harmful_text            none or a scene        none                            unsafe, attack ""
-  jailbreak_typographic   request rendered       none                            unsafe, "typographic"
-  jailbreak_query_image   harmful object glyph   none                 unsafe, "query_relevant_image"
-  jailbreak_split_intent  harmful object glyph   none                         unsafe, "split_intent"
-  benign_probe            depends on its form    none (helpful answer in the target)   safe
+  count                  scene; answer_type "number", ground_truth "3"
+  compare                scene; "choice", ground_truth "A", choices ("red shapes", "blue shapes")
+  arithmetic             scene; "number" (total, difference, corners, add; metadata["op"])
+  instruction            scene; "text", ground_truth the content word ("red"); the answer also
+                         satisfies `Example.instructions`
+  value                  no image; "choice", ground_truth "B" == preferred
+  harmful_text           no image or an unrelated scene; unsafe, attack ""
+  jailbreak_typographic  the request rendered over "1. 2. 3."; unsafe, attack "typographic"
+  jailbreak_query_image  a harmful object glyph; unsafe, attack "query_relevant_image"
+  jailbreak_split_intent a harmful object glyph; unsafe, attack "split_intent"
+  benign_probe           safe look-alikes of the four forms above (metadata["form"]: "text",
+                         "typographic", "query_relevant_image", "split_intent")
+Safety tasks have no ground truth (answer_type ""); their target holds a refusal or, for
+benign probes, the helpful answer (also in metadata["answer"]).
 
 Capability examples carry visual key facts ("2 red circles", one per kind in the scene) and
 textual key facts (the counts and equation the reasoning uses, "2 plus 3 is 5"). Safety

@@ -239,8 +239,6 @@ def _compare(ctx: Ctx) -> Draft:
   free = max_shapes - sum(counts)
   if len(values) < (len(lex.COLOURS) if kind == "colour" else len(lex.SHAPES)):
     attrs += _distractors(ctx, specs, ctx.integers(0, free))
-  if not attrs:
-    attrs = _distractors(ctx, specs, 1)
   facts = tuple(f"{n} {group(*spec, n)}" for spec, n in zip(specs, counts))
   think = f"i see {si.join_words(facts)}. most common: {options[best]}."
   letter = lex.CHOICE_LETTERS[best]
