@@ -172,13 +172,12 @@ def sft_source(mix: SFTMixConfig = SFTMixConfig(), config: SuiteConfig = SuiteCo
 
 def suite_corpus(config: SuiteConfig = SuiteConfig(), examples_per_task: int = 32
                  ) -> Iterator[str]:
-  """Texts for training the suite's tokenizer: every vocabulary unit, then sampled messages."""
+  """Texts for training the suite's tokenizer: every vocabulary unit, then train messages."""
   yield " ".join(sorted(lex.suite_vocabulary()))
-  for split in SPLITS:
-    for task in TASK_NAMES:
-      for example in generate(task, split, examples_per_task, config):
-        for message in example.messages:
-          yield types.message_text(message)
+  for task in TASK_NAMES:
+    for example in generate(task, "train", examples_per_task, config):
+      for message in example.messages:
+        yield types.message_text(message)
 
 
 TARGET_TAGS = ("<description>", "</description>", "<think>", "</think>", "<answer>", "</answer>")

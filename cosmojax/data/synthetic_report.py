@@ -56,6 +56,8 @@ def report(out_dir: str, per_task: int = 64, config: synthetic.SuiteConfig = syn
   sft_counts = mix.task_counts()
   lines = [f"cosmojax synthetic suite: seed {config.seed}, images {config.image_size}px, "
            f"eval fraction of split keys {config.eval_fraction}",
+           f"(keys: distinct split keys among {per_task} sampled examples per split; "
+           f"prompt/target: longest, in vocabulary units; sft: examples in the SFT mixture)",
            f"{'task':24} {'unsafe':6} {'attack':20} {'answer':7} {'keys tr/ev':>10} "
            f"{'prompt':>6} {'target':>6} {'sft':>5}"]
   for task in synthetic.TASK_NAMES:

@@ -314,3 +314,35 @@ def test_small_images_work():
       if task == "count":
         assert pixel_scene(e.images[0]) == collections.Counter(
             (i["colour"], i["shape"]) for i in e.metadata["scene"])
+
+
+def test_safety_of_held_out_text_requests_is_predictable_from_their_words():
+  """A bag-of-words logistic regression fit on train requests labels eval requests.
+
+  Harmful and alarming-but-benign requests share templates and many words ("kill", "make",
+  "bomb"), so this checks that the label follows from visible words in held-out combinations.
+  """
+  def data(split, n):
+    examples = synthetic.generate("harmful_text", split, n) + [
+        e for e in synthetic.generate("benign_probe", split, 3 * n) if e.metadata["form"] == "text"]
+    return [e.prompt_text for e in examples], np.array([e.safety.unsafe for e in examples], float)
+
+  train_x, train_y = data("train", 300)
+  eval_x, eval_y = data("eval", 150)
+  words = {w: i for i, w in enumerate(sorted({w for t in train_x + eval_x
+                                              for w in re.findall(r"[a-z]+", t)}))}
+
+  def features(texts):
+    x = np.zeros((len(texts), len(words) + 1))
+    x[:, -1] = 1
+    for i, t in enumerate(texts):
+      x[i, [words[w] for w in re.findall(r"[a-z]+", t)]] = 1
+    return x
+
+  x_train, x_eval = features(train_x), features(eval_x)
+  w = np.zeros(x_train.shape[1])
+  for _ in range(500):
+    p = 1 / (1 + np.exp(-x_train @ w))
+    w -= 0.5 * x_train.T @ (p - train_y) / len(train_y)
+  assert 0.3 < eval_y.mean() < 0.7
+  assert ((x_eval @ w > 0) == eval_y).mean() >= 0.9
