@@ -63,3 +63,35 @@ def tiny_examples(task: str, n: int, *, num_images: int = 0, seed: int = 0) -> l
         answer_type="number",
     ))
   return examples
+
+
+# --- Synthetic suite: independent readers of rendered images ---------------------------------
+
+
+def dark_mask(image: np.ndarray) -> np.ndarray:
+  """True where a pixel is not white.  # [H, W] bool"""
+  return ~(np.asarray(image) == 255).all(-1)
+
+
+def word_is_drawn(image: np.ndarray, word: str, font_size: int) -> bool:
+  """Whether `word`, rendered alone in PIL's default font (no anti-aliasing), appears in image.
+
+  Independent of the suite's layout code: the word is drawn on its own canvas, cropped to its
+  ink and searched for as an exact sub-array of the image's dark-pixel mask.
+  """
+  from numpy.lib.stride_tricks import sliding_window_view  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+
+  font = ImageFont.load_default(size=font_size)
+  canvas = Image.new("RGB", (int(font.getlength(word)) + 2 * font_size, 3 * font_size), "white")
+  draw = ImageDraw.Draw(canvas)
+  draw.fontmode = "1"
+  draw.text((font_size, font_size), word, font=font, fill=(0, 0, 0))
+  ink = dark_mask(np.asarray(canvas))
+  ys, xs = np.nonzero(ink)
+  template = ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+  mask = dark_mask(image)
+  if template.shape[0] > mask.shape[0] or template.shape[1] > mask.shape[1]:
+    return False
+  windows = sliding_window_view(mask, template.shape)
+  return bool((windows == template).all(axis=(-2, -1)).any())
