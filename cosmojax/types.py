@@ -47,8 +47,9 @@ class Example:
     images: the images referenced by the image parts, in order: uint8 arrays [H, W, 3] or
       paths to local image files (loaded by the data pipeline).
     ground_truth: the reference answer, if the task has one ("3", "B", "x^2", ...).
-    answer_type: how `ground_truth` is checked: "choice", "number", "math", "text", or ""
-      when there is none (open-ended or safety-only examples).
+    answer_type: how `ground_truth` is checked: "choice", "number", "math", "text" (the whole
+      answer), "word" (the answer contains it as a word, ignoring case), or "" when there is
+      none (open-ended or safety-only examples).
     choices: the options of a multiple-choice question, if any.
     safety: the safety label of the request.
     visual_key_facts: facts a correct perception of the image contains (VTPerception's

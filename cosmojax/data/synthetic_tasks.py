@@ -363,7 +363,7 @@ def _instruction(ctx: Ctx) -> Draft:
     rules.append(lex.INSTRUCTION_RULES[rule].format(n=arg, w=arg))
   think = f"{fact}. rules: {', '.join(rules)}."
   return _scene_draft(ctx, ctx.scene(attrs), prompt=prompt, key=prompt, think=think,
-                      answer=answer, ground_truth=value, answer_type="text",
+                      answer=answer, ground_truth=value, answer_type="word",
                       textual_key_facts=(fact,), instructions=tuple(names))
 
 

@@ -38,7 +38,7 @@ from cosmojax.rewards.base import register_per_sample
 from cosmojax.rewards.parsing import DEFAULT_TAGS, parse_response
 from cosmojax.types import Example
 
-ANSWER_TYPES = ("choice", "number", "math", "text")
+ANSWER_TYPES = ("choice", "number", "math", "text", "word")
 
 _LETTERS = string.ascii_uppercase
 _BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
@@ -140,6 +140,9 @@ def check_answer(answer: str, example: Example, *, rel_tol: float = 1e-4,
     return pred is not None and matching.numbers_close(pred, gold, rel_tol, abs_tol)
   if kind == "math":
     return math_equal(answer, reference, max_math_chars)
+  if kind == "word":  # the reference appears as a whole word (or phrase), ignoring case
+    pred, gold = normalize_answer_text(answer), normalize_answer_text(reference)
+    return bool(gold) and f" {gold} " in f" {pred} "
   if kind == "text":
     pred, gold = normalize_answer_text(answer), normalize_answer_text(reference)
     if text_match == "exact":

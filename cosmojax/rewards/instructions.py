@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from cosmojax.registry import Registry
 from cosmojax.rewards import matching
+from cosmojax.rewards.accuracy import check_answer
 from cosmojax.rewards.base import register_per_sample
 from cosmojax.rewards.parsing import DEFAULT_TAGS, parse_response
 from cosmojax.types import Example
@@ -152,15 +153,22 @@ def _number_only(text: str, arg: str | None) -> bool:
 
 @register_per_sample("instruction_following")
 def instruction_following(completion: str, example: Example, *,
-                          tags: Sequence[str] = DEFAULT_TAGS, aggregate: str = "mean") -> float:
+                          tags: Sequence[str] = DEFAULT_TAGS, aggregate: str = "mean",
+                          require_answer: bool = True) -> float:
   """The fraction of `example.instructions` the answer satisfies (`aggregate="all"`: 1 only
-  if all are); 0 without a readable answer; NaN for examples without instructions."""
+  if all are); 0 without a readable answer; NaN for examples without instructions.
+
+  With `require_answer` and a ground truth on the example, an answer that follows every
+  format rule but says the wrong thing scores 0: following instructions means answering.
+  """
   if not example.instructions:
     return math.nan
   if aggregate not in ("mean", "all"):
     raise ValueError(f"aggregate must be 'mean' or 'all'; got {aggregate!r}")
   answer = parse_response(completion, tags).final_answer
   if answer is None:
+    return 0.0
+  if require_answer and example.ground_truth is not None and not check_answer(answer, example):
     return 0.0
   passed = [check_instruction(answer, i) for i in example.instructions]
   return float(all(passed)) if aggregate == "all" else sum(passed) / len(passed)

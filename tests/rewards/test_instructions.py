@@ -74,3 +74,15 @@ def test_instruction_following_reward():
   strict = make_reward_function({"fn": "instruction_following", "kwargs": {"aggregate": "all"}})
   assert strict(completions[:3], [ex] * 3).tolist() == [1.0, 0.0, 0.0]
   assert math.isnan(fn(["x"], [make_example()])[0])
+
+
+def test_instruction_following_requires_the_content_word():
+  fn = make_reward_function("instruction_following")
+  ex = make_example("instruction", instructions=("uppercase",), ground_truth="green",
+                    answer_type="word")
+  # Both follow the format; only the first says the right colour.
+  scores = fn([vt("d", "t", "THE CIRCLE IS GREEN"), vt("d", "t", "THE CIRCLE IS BLUE")], [ex] * 2)
+  assert scores.tolist() == [1.0, 0.0]
+  lenient = make_reward_function({"fn": "instruction_following",
+                                  "kwargs": {"require_answer": False}})
+  assert lenient([vt("d", "t", "THE CIRCLE IS BLUE")], [ex]).tolist() == [1.0]
