@@ -53,9 +53,11 @@ class TextConfig:
       raise ConfigError(
           f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
           f"({self.num_kv_heads})")
-    if self.mrope_section is not None and 2 * sum(self.mrope_section) != self.dim_per_head:
+    if self.mrope_section is not None and (2 * sum(self.mrope_section) != self.dim_per_head
+                                           or min(self.mrope_section) < 1):
       raise ConfigError(
-          f"rope mrope_section {list(self.mrope_section)} must sum to head_dim // 2 = "
+          f"rope mrope_section {list(self.mrope_section)} must be positive and sum to "
+          f"head_dim // 2 = "
           f"{self.dim_per_head // 2}")
 
   @property
@@ -291,9 +293,11 @@ def tiny_qwen2_5_vl_config(vocab_size: int = 256, hidden_size: int = 64, num_lay
   tokens take the top ids of the vocabulary unless `image_token_id` is given
   (image = vocab-4, video = vocab-3, vision start = vocab-2, vision end = vocab-1).
   """
-  head_dim = hidden_size // num_heads
-  quarter = head_dim // 8  # mrope_section sums to head_dim // 2: t gets 1/4, h and w 3/8 each.
-  section = (2 * quarter, 3 * quarter, head_dim // 2 - 5 * quarter)
+  # M-RoPE splits the head_dim/2 frequencies as Qwen2.5-VL does ([16, 24, 24] of 64):
+  # a quarter to time, the rest shared by height and width.
+  half = hidden_size // num_heads // 2
+  t = half // 4
+  section = (t, (half - t) // 2, half - t - (half - t) // 2)
   text = tiny_qwen2_config(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads,
                            tie_word_embeddings, mrope_section=section, rope_theta=10000.0)
   vision = VisionConfig(depth=vision_depth, hidden_size=vision_hidden,

@@ -26,20 +26,30 @@ MASK_VALUE = -1e30
 Dtype = jnp.dtype | type
 
 
+def _normal(key: jax.Array, shape: tuple[int, ...], stddev: float, dtype: Dtype) -> jax.Array:
+  """Normal(0, stddev) draws. A concrete key seeds NumPy on the host: eager jax.random would
+  compile one sampler per parameter shape (about a second per shape on CPU). A traced key
+  (model built under jit) uses jax.random, which gives different, equally distributed values."""
+  if isinstance(key, jax.core.Tracer):
+    return (stddev * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+  seed = np.asarray(jax.random.key_data(key)).reshape(-1)
+  draws = np.random.default_rng(seed).standard_normal(shape, np.float32) * np.float32(stddev)
+  return jnp.asarray(draws, dtype=dtype)
+
+
 def make_param(rngs: nnx.Rngs | None, shape: Sequence[int], logical_axes: Sequence[str | None],
                dtype: Dtype, init: str = "normal", stddev: float = 0.02) -> nnx.Param:
   """A parameter with logical-axis sharding metadata; init is "normal", "zeros" or "ones"."""
   if len(shape) != len(logical_axes):
     raise ValueError(f"shape {tuple(shape)} and axes {tuple(logical_axes)} differ in rank")
   if init == "normal":
-    value = stddev * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)
-  elif init == "zeros":
-    value = jnp.zeros(tuple(shape), jnp.float32)
-  elif init == "ones":
-    value = jnp.ones(tuple(shape), jnp.float32)
+    value = _normal(rngs.params(), tuple(shape), stddev, dtype)
+  elif init in ("zeros", "ones"):  # host constants: no per-shape compilation
+    value = jnp.asarray((np.zeros if init == "zeros" else np.ones)(tuple(shape), np.float32),
+                        dtype=dtype)
   else:
     raise ValueError(f"unknown init {init!r}")
-  return nnx.Param(value.astype(dtype), out_sharding=tuple(logical_axes), eager_sharding=False)
+  return nnx.Param(value, out_sharding=tuple(logical_axes), eager_sharding=False)
 
 
 def _quick_gelu(x: jax.Array) -> jax.Array:

@@ -74,12 +74,17 @@ class Qwen2_5_VL(CausalLM):
   def _base_positions(self, input_ids, mask, image_grid_thw):
     if image_grid_thw is None:
       return default_positions(mask)
-    positions, _ = get_rope_index(_concrete("input_ids", input_ids), 
+    positions, _ = get_rope_index(_concrete("input_ids", input_ids),
                                   _concrete("image_grid_thw", image_grid_thw),
                                   _concrete("attention_mask", mask), self.config)
     return jnp.asarray(positions)
 
-  def _image_inputs(self, input_ids, pixel_values, image_grid_thw, image_embeds, vision_meta):
+  def _image_inputs(self, input_ids, pixel_values, image_grid_thw, image_embeds, vision_meta,
+                    position_ids):
+    if (pixel_values is not None or image_embeds is not None) and (
+        position_ids is None and image_grid_thw is None):
+      raise ValueError("a prompt with images needs position_ids (from get_rope_index) or "
+                       "image_grid_thw to compute them")
     if pixel_values is None:
       return image_embeds
     if image_embeds is not None:
@@ -112,7 +117,7 @@ class Qwen2_5_VL(CausalLM):
       vision_meta: precomputed `vision_metadata(image_grid_thw, ...)`.
     """
     image_embeds = self._image_inputs(input_ids, pixel_values, image_grid_thw, image_embeds,
-                                      vision_meta)
+                                      vision_meta, position_ids)
     return self._hidden(input_ids, attention_mask, position_ids, image_embeds, image_grid_thw)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -137,5 +142,7 @@ class Qwen2_5_VL(CausalLM):
     Returns (logits [batch, vocab] float32 of the token after the prompt, the cache), with
     cache.next_position = max prompt position + 1 for the decode steps.
     """
+    image_embeds = self._image_inputs(input_ids, None, image_grid_thw, image_embeds, None,
+                                      position_ids)
     return self._extend(input_ids, cache, attention_mask, position_ids, image_embeds,
                         image_grid_thw)
