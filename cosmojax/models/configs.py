@@ -211,7 +211,7 @@ def vision_config_from_hf(d: Mapping[str, Any]) -> VisionConfig:
       spatial_merge_size=int(d.get("spatial_merge_size", 2)),
       window_size=int(d.get("window_size", 112)),
       fullatt_block_indexes=tuple(int(i) for i in d.get("fullatt_block_indexes", ())),
-      in_channels=int(d.get("in_channels", 3)),
+      in_channels=int(d.get("in_channels", d.get("in_chans", 3))),  # in_chans: pre-v5 name
       hidden_act=d.get("hidden_act", "silu"),
       rope_theta=theta,
       tokens_per_second=int(d.get("tokens_per_second", 4)),

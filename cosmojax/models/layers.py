@@ -177,7 +177,10 @@ def rotate_half(x: jax.Array) -> jax.Array:
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """x * cos + rotate_half(x) * sin in float32; x [..., time, heads, head_dim], cos [..., time, head_dim]."""
+  """x * cos + rotate_half(x) * sin in float32.
+
+  x: [..., time, heads, head_dim]; cos, sin: [..., time, head_dim].
+  """
   x32 = x.astype(jnp.float32)
   cos, sin = cos[..., None, :], sin[..., None, :]
   return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)

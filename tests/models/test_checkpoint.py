@@ -1,4 +1,4 @@
-"""from_pretrained / save_pretrained: exact round trips, transformers compatibility, clear errors."""
+"""from_pretrained / save_pretrained: exact round trips, transformers loads them, clear errors."""
 
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ def test_truncated_file_is_named(hf_dir, tmp_path):
 def test_missing_tensor_is_named(hf_dir, tmp_path):
   path = copy_ckpt(hf_dir, tmp_path / "c")
   _rewrite(path, lambda t: t.pop("visual.blocks.2.attn.qkv.bias"))
-  with pytest.raises(models.CheckpointError, match=r"missing tensor.*visual\.blocks\.2\.attn\.qkv\.bias"):
+  with pytest.raises(models.CheckpointError,
+                     match=r"missing tensor.*visual\.blocks\.2\.attn\.qkv\.bias"):
     models.from_pretrained(path)
 
 
@@ -176,7 +177,8 @@ def test_missing_files_and_shards_are_named(model, tmp_path):
   models.save_pretrained(model, str(tmp_path), max_shard_bytes=100_000)
   shard = next(f for f in os.listdir(tmp_path) if f.startswith("model-00002-of-"))
   os.remove(os.path.join(tmp_path, shard))
-  with pytest.raises(models.CheckpointError, match=r"shard model-00002-of-\d+\.safetensors not found"):
+  with pytest.raises(models.CheckpointError,
+                     match=r"shard model-00002-of-\d+\.safetensors not found"):
     models.from_pretrained(str(tmp_path))
 
 
@@ -187,5 +189,6 @@ def test_unsupported_config_field_is_named(hf_dir, tmp_path):
   config["text_config"]["rope_parameters"]["rope_type"] = "yarn"
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config, f)
-  with pytest.raises(models.CheckpointError, match=r"text_config\.rope_parameters\.rope_type='yarn'"):
+  with pytest.raises(models.CheckpointError,
+                     match=r"text_config\.rope_parameters\.rope_type='yarn'"):
     models.from_pretrained(path)

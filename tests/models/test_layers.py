@@ -183,3 +183,24 @@ def test_bfloat16_compute_stays_close_to_float32(tiny):
   out = jax.jit(lambda s: nnx.merge(graphdef16, s)(ids))(state16)
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, f32, atol=0.05 * float(jnp.abs(f32).max()))
+
+
+def test_gradients_through_a_left_padded_image_batch_are_finite(tiny):
+  grids = [(1, 4, 4)]
+  ids = np.array([[0, 0, 1, 126] + [124] * 4 + [127, 4], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+  mask = np.array([[0, 0] + [1] * 8, [1] * 10])
+  positions, _ = models.get_rope_index(ids, grids, mask, tiny.config)
+  meta = models.vision_metadata(grids, tiny.config.vision)
+  pixels = np.random.RandomState(1).rand(16, tiny.config.vision.patch_dim).astype(np.float32)
+
+  def loss_fn(model):
+    h = model.hidden_states(ids, mask, pixels, position_ids=positions, vision_meta=meta)
+    logp = jax.nn.log_softmax(h[:, :-1] @ model.lm_head_matrix())
+    ll = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+    return -(ll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+
+  grads = nnx.jit(nnx.grad(loss_fn))(tiny)
+  flat = dict(nnx.to_flat_state(grads))
+  assert all(bool(jnp.isfinite(v.get_value()).all()) for v in flat.values())
+  # The image reaches the loss: the vision tower gets gradient.
+  assert float(jnp.abs(flat[("visual", "patch_embed", "kernel")].get_value()).max()) > 0
