@@ -192,3 +192,15 @@ def test_unsupported_config_field_is_named(hf_dir, tmp_path):
   with pytest.raises(models.CheckpointError,
                      match=r"text_config\.rope_parameters\.rope_type='yarn'"):
     models.from_pretrained(path)
+
+
+def test_tied_checkpoint_may_carry_an_equal_lm_head_only(tmp_path):
+  model = models.Qwen2ForCausalLM(models.tiny_qwen2_config(tie_word_embeddings=True),
+                                  rngs=nnx.Rngs(0))
+  models.save_pretrained(model, str(tmp_path))
+  embed = np.asarray(model.decoder.embed.embedding[...])
+  _rewrite(tmp_path, lambda t: t.update({"lm_head.weight": embed}))
+  assert_same_params(models.from_pretrained(str(tmp_path)), model)
+  _rewrite(tmp_path, lambda t: t.update({"lm_head.weight": embed + 1}))
+  with pytest.raises(models.CheckpointError, match="'lm_head.weight' differs from the embedding"):
+    models.from_pretrained(str(tmp_path))

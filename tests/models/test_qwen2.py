@@ -58,16 +58,17 @@ def test_left_padded_prefill_and_decode_match_generate(pair):
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def decode(state, ids, mask, new):
+  def decode(state, ids, mask, new):  # a lax.while_loop, as the rollout engine runs it
     m = nnx.merge(graphdef, state)
     first, cache = m.prefill(ids, m.init_cache(ids.shape[0], 16), mask)
+    out = jnp.zeros((ids.shape[0], steps, first.shape[-1]), jnp.float32).at[:, 0].set(first)
 
-    def step(cache, token_b):
-      logits, cache = m.decode_step(token_b, cache)
-      return cache, logits
+    def body(carry):
+      i, cache, out = carry
+      logits, cache = m.decode_step(new[:, i - 1], cache)
+      return i + 1, cache, out.at[:, i].set(logits)
 
-    _, rest = jax.lax.scan(step, cache, new.T[:-1])
-    return jnp.concatenate([first[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
+    return jax.lax.while_loop(lambda c: c[0] < steps, body, (1, cache, out))[2]
 
   np.testing.assert_allclose(decode(state, ids, mask, new), ref, atol=TOL)
   # The full forward over prompt + generated tokens agrees with the cached logits.
