@@ -1,11 +1,13 @@
-"""Shared tiny fixtures for the tests (tiny configs, tokenizers, images).
+"""Shared tiny fixtures for the test suite (STYLE.md item 12).
 
-Each section belongs to one part of the framework; keep fixtures small and deterministic.
+Each section belongs to one area; import what you need. Functions that need torch/transformers
+import them inside, so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -95,3 +97,116 @@ def word_is_drawn(image: np.ndarray, word: str, font_size: int) -> bool:
     return False
   windows = sliding_window_view(mask, template.shape)
   return bool((windows == template).all(axis=(-2, -1)).any())
+
+
+# =============================================================================================
+# models: tiny random Hugging Face Qwen2 / Qwen2.5-VL checkpoints and image prompts
+# =============================================================================================
+
+TINY_VOCAB = 128
+# The four vision special tokens take the top ids of the tiny vocabulary.
+TINY_IMAGE_TOKEN = TINY_VOCAB - 4
+TINY_VIDEO_TOKEN = TINY_VOCAB - 3
+TINY_VISION_START = TINY_VOCAB - 2
+TINY_VISION_END = TINY_VOCAB - 1
+TINY_PATCH_DIM = 3 * 2 * 4 * 4  # channels * temporal patch * patch * patch
+# Larger than the usual 0.02 so that logits are O(1) and parity tolerances mean something.
+TINY_INIT_RANGE = 0.1
+
+
+def tiny_qwen2_5_vl_hf_config(tie_word_embeddings: bool = False):
+  """transformers Qwen2_5_VLConfig: text 64 wide, 2 layers, GQA 4/2 heads, M-RoPE [2, 3, 3];
+  vision 32 wide, 3 blocks (block 1 full attention), 4 px patches, windows of 2x2 merged units."""
+  from transformers import Qwen2_5_VLConfig
+
+  text = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128,
+              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              rms_norm_eps=1e-6, initializer_range=TINY_INIT_RANGE, bos_token_id=None,
+              eos_token_id=None, pad_token_id=None,
+              rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                               "rope_theta": 10000.0})
+  vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                patch_size=4, temporal_patch_size=2, spatial_merge_size=2, window_size=16,
+                fullatt_block_indexes=[1], initializer_range=TINY_INIT_RANGE)
+  return Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                          image_token_id=TINY_IMAGE_TOKEN, video_token_id=TINY_VIDEO_TOKEN,
+                          vision_start_token_id=TINY_VISION_START,
+                          vision_end_token_id=TINY_VISION_END,
+                          tie_word_embeddings=tie_word_embeddings)
+
+
+def tiny_qwen2_hf_config(tie_word_embeddings: bool = False):
+  """transformers Qwen2Config: 64 wide, 2 layers, GQA 4/2 heads, rope theta 10000."""
+  from transformers import Qwen2Config
+
+  return Qwen2Config(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     rms_norm_eps=1e-6, initializer_range=TINY_INIT_RANGE,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                     tie_word_embeddings=tie_word_embeddings)
+
+
+def build_tiny_hf_model(hf_config, seed: int = 0):
+  """The transformers model of `hf_config`, random init, norms and biases perturbed so that
+  they are not all ones / zeros (a mapping that dropped them would go unnoticed)."""
+  import torch
+  from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM
+
+  torch.manual_seed(seed)
+  cls = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+         "qwen2": Qwen2ForCausalLM}[hf_config.model_type]
+  model = cls(hf_config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or p.ndim == 1:
+        p.add_(0.1 * torch.randn_like(p))
+  return model
+
+
+def save_tiny_hf_model(hf_config, path, seed: int = 0) -> str:
+  """Builds `build_tiny_hf_model(hf_config, seed)` and saves it to `path`; returns the path."""
+  build_tiny_hf_model(hf_config, seed).save_pretrained(str(path))
+  return str(path)
+
+
+def load_hf_model(path):
+  """transformers model saved at `path` (config.json picks the class), eval mode, CPU."""
+  import json
+
+  from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM
+
+  with open(os.path.join(str(path), "config.json")) as f:
+    model_type = json.load(f)["model_type"]
+  cls = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+         "qwen2": Qwen2ForCausalLM}[model_type]
+  return cls.from_pretrained(str(path)).eval()
+
+
+def image_prompt(parts, merge: int = 2) -> list[int]:
+  """Token ids of a prompt: ints are text tokens, (t, h, w) tuples images (a vision-start
+  token, t*h*w/merge^2 image placeholders, a vision-end token)."""
+  ids: list[int] = []
+  for part in parts:
+    if isinstance(part, tuple):
+      ids += [TINY_VISION_START] + [TINY_IMAGE_TOKEN] * (int(np.prod(part)) // merge**2)
+      ids += [TINY_VISION_END]
+    else:
+      ids.append(int(part))
+  return ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded ids [batch, time] and attention mask [batch, time] of token rows."""
+  t = max(map(len, rows))
+  ids = np.full((len(rows), t), pad_id, np.int64)
+  mask = np.zeros((len(rows), t), np.int64)
+  for i, row in enumerate(rows):
+    ids[i, t - len(row):] = row
+    mask[i, t - len(row):] = 1
+  return ids, mask
+
+
+def random_patches(grids, seed: int = 0) -> np.ndarray:
+  """Random pixel patches [sum t*h*w, TINY_PATCH_DIM] for images of patch grids `grids`."""
+  n = int(sum(np.prod(g) for g in grids))
+  return np.random.RandomState(seed).randn(n, TINY_PATCH_DIM).astype(np.float32)
