@@ -210,3 +210,35 @@ def random_patches(grids, seed: int = 0) -> np.ndarray:
   """Random pixel patches [sum t*h*w, TINY_PATCH_DIM] for images of patch grids `grids`."""
   n = int(sum(np.prod(g) for g in grids))
   return np.random.RandomState(seed).randn(n, TINY_PATCH_DIM).astype(np.float32)
+
+
+# --- Training: a tiny VL model that matches the tiny tokenizer and image processor ------------
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_vl_model_config(hidden_size: int = 32):
+  """A tiny Qwen2.5-VL config for `tiny_tokenizer()` ids and `tiny_image_processor()` patches
+  (14 px): vocab rounded up to a multiple of 8, vision tokens 3..6 as the tokenizer has them."""
+  from cosmojax import models  # pylint: disable=g-import-not-at-top
+
+  vocab = -(-len(tiny_tokenizer()) // 8) * 8
+  return models.tiny_qwen2_5_vl_config(
+      vocab_size=vocab, hidden_size=hidden_size, num_heads=2, num_kv_heads=1, vision_hidden=16,
+      image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4,
+      patch_size=14)
+
+
+def tiny_sft_batches(examples, batch_size: int, length: int = 64):
+  """Collated `SFTBatch`es (with M-RoPE positions) of `examples` for `tiny_vl_model_config`."""
+  from cosmojax import models  # pylint: disable=g-import-not-at-top
+  from cosmojax.data import batching, formatting  # pylint: disable=g-import-not-at-top
+
+  config = tiny_vl_model_config()
+  formatter = formatting.ChatFormatter(tiny_tokenizer(), tiny_image_processor(),
+                                       max_length=length)
+  spec = batching.BatchSpec.for_images(batch_size, (length,), tiny_image_processor(), 2)
+  collator = batching.Collator.for_formatter(
+      spec, formatter, sorted({e.task for e in examples}),
+      position_fn=lambda ids, mask, grid: models.get_rope_index(ids, grid, mask, config))
+  items = [formatter.sft(e) for e in examples]
+  return [collator.sft(items[i:i + batch_size])[0] for i in range(0, len(items), batch_size)]

@@ -285,27 +285,39 @@ def tiny_qwen2_config(vocab_size: int = 256, hidden_size: int = 64, num_layers: 
 def tiny_qwen2_5_vl_config(vocab_size: int = 256, hidden_size: int = 64, num_layers: int = 2,
                            num_heads: int = 4, num_kv_heads: int = 2, vision_hidden: int = 32,
                            vision_depth: int = 2, tie_word_embeddings: bool = False,
-                           image_token_id: int | None = None) -> Qwen2_5_VLConfig:
+                           image_token_id: int | None = None, *,
+                           video_token_id: int | None = None,
+                           vision_start_token_id: int | None = None,
+                           vision_end_token_id: int | None = None,
+                           patch_size: int = 4, window_size: int | None = None,
+                           intermediate_size: int | None = None) -> Qwen2_5_VLConfig:
   """A tiny Qwen2.5-VL-shaped model for the CPU demo and tests.
 
-  Patches are 4x4 pixels with temporal patch 2, merged 2x2, windows of 2x2 merged units
-  (window_size 16 px); the last vision block uses full attention. The four vision special
-  tokens take the top ids of the vocabulary unless `image_token_id` is given
-  (image = vocab-4, video = vocab-3, vision start = vocab-2, vision end = vocab-1).
+  Patches are `patch_size` pixels (default 4) with temporal patch 2, merged 2x2, windows of
+  2x2 merged units (window_size = 4 * patch_size px unless given); the last vision block uses
+  full attention. The four vision special tokens take the top ids of the vocabulary
+  (image = vocab-4, video = vocab-3, vision start = vocab-2, vision end = vocab-1), or follow
+  `image_token_id` consecutively, unless each id is given (a tokenizer built by
+  `cosmojax.data.build_tokenizer` has start 3, end 4, image 5, video 6).
   """
   # M-RoPE splits the head_dim/2 frequencies as Qwen2.5-VL does ([16, 24, 24] of 64):
   # a quarter to time, the rest shared by height and width.
   half = hidden_size // num_heads // 2
-  t = half // 4
+  t = max(half // 4, 1)
   section = (t, (half - t) // 2, half - t - (half - t) // 2)
   text = tiny_qwen2_config(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads,
                            tie_word_embeddings, mrope_section=section, rope_theta=10000.0)
+  if intermediate_size is not None:
+    text = dataclasses.replace(text, intermediate_size=intermediate_size)
   vision = VisionConfig(depth=vision_depth, hidden_size=vision_hidden,
                         intermediate_size=2 * vision_hidden, num_heads=2,
-                        out_hidden_size=hidden_size, patch_size=4, temporal_patch_size=2,
-                        spatial_merge_size=2, window_size=16,
+                        out_hidden_size=hidden_size, patch_size=patch_size,
+                        temporal_patch_size=2, spatial_merge_size=2,
+                        window_size=window_size or 4 * patch_size,
                         fullatt_block_indexes=(vision_depth - 1,))
   base = vocab_size - 4 if image_token_id is None else image_token_id
+  pick = lambda given, default: default if given is None else given
   return Qwen2_5_VLConfig(text=text, vision=vision, image_token_id=base,
-                          video_token_id=base + 1, vision_start_token_id=base + 2,
-                          vision_end_token_id=base + 3)
+                          video_token_id=pick(video_token_id, base + 1),
+                          vision_start_token_id=pick(vision_start_token_id, base + 2),
+                          vision_end_token_id=pick(vision_end_token_id, base + 3))
