@@ -26,15 +26,17 @@ Saving is asynchronous by default: `save` returns once the arrays are copied off
 devices (so the trainer may donate or overwrite its buffers) and writing goes on in the
 background; `wait_until_finished` blocks until it is on disk. A step directory becomes
 visible only once complete (orbax writes to a temporary directory and renames it), so a
-run killed mid-save restores from the previous checkpoint.
+run killed mid-save restores from the previous checkpoint; the next `Checkpointer` on the
+directory deletes the killed save's temporary directory.
 
 Restoring needs a target for each pytree item (the saved pytree structure is not kept):
 concrete arrays or `jax.ShapeDtypeStruct`s, whose shardings say where the arrays go
-(`abstract_target(jax.eval_shape(...), mesh)` derives them from the logical axis names). The target is checked against the saved
-metadata first, so an incompatible checkpoint fails with an error that names the directory,
-step, item and leaf (missing or extra leaves, shape mismatch); any other failure of an item
-(missing files, truncated or corrupt data) is re-raised as `CheckpointError` naming the
-directory, step and item. Dtypes may differ: arrays are cast to the target dtype.
+(`abstract_target(jax.eval_shape(...), mesh)` derives them from the logical axis names).
+The target is checked against the saved metadata first, so an incompatible checkpoint fails
+with an error that names the directory, step, item and leaf (missing or extra leaves, shape
+mismatch); any other failure of an item (missing files, truncated or corrupt data) is
+re-raised as `CheckpointError` naming the directory, step and item. Dtypes may differ:
+arrays are cast to the target dtype.
 
 Multi-process runs: every process calls `save` and `restore` (orbax synchronizes them). The
 JSON items are written by process 0, so `data_state` must be the same on every process (or
@@ -196,7 +198,7 @@ class Checkpointer:
     self.directory = os.path.abspath(os.fspath(directory))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True,
-        enable_async_checkpointing=async_save)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     handlers = {PARAMS: ocp.StandardCheckpointHandler(),
                 OPT_STATE: ocp.StandardCheckpointHandler(),
                 META: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}

@@ -134,7 +134,8 @@ def test_keep_last_n_and_save_interval(tmp_path):
   checkpointer.close()
   assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [6, 7]
   assert Checkpointer(tmp_path).restore(params=params).step == 7
-  with pytest.raises(CheckpointError, match=r"no checkpoint of step 4 .* available steps: \[6, 7\]"):
+  with pytest.raises(CheckpointError,
+                     match=r"no checkpoint of step 4 .* available steps: \[6, 7\]"):
     Checkpointer(tmp_path).restore(4, params=params)
 
 
@@ -150,6 +151,18 @@ def test_async_save_copies_before_returning(tmp_path):
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected)
   restored = checkpointer.restore(params=target[0], opt_state=target[1])
   _assert_trees_equal((restored.params, restored.opt_state), expected)
+
+
+def test_unfinished_save_is_ignored_and_cleaned_up(tmp_path):
+  params, _ = _save_one(tmp_path, step=3)
+  # What a run killed in the middle of saving step 4 leaves behind.
+  unfinished = tmp_path / "4.orbax-checkpoint-tmp-1700000000"
+  (unfinished / "params").mkdir(parents=True)
+  (unfinished / "params" / "_METADATA").write_text("{")
+  checkpointer = Checkpointer(tmp_path)
+  assert checkpointer.latest_step() == 3
+  assert checkpointer.restore(params=params).step == 3
+  assert not unfinished.exists()
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):

@@ -7,3 +7,4 @@ from cosmojax.eval.suite_metrics import (HIGHER_IS_BETTER, JAILBREAK_TASKS, Metr
 from cosmojax.eval.writers import (DEFAULT_PROGRESS_KEYS, METRICS_FILE, MetricWriter, ProgressBar,
                                    flatten_metrics, metrics_record, progress_postfix, read_jsonl,
                                    to_scalar, truncate_jsonl)
+from cosmojax.eval.report import evaluations_from_records, plot_evaluations, write_report
