@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 from cosmojax import optim
 from cosmojax.checkpointing import (Checkpointer, CheckpointError, TrainingCheckpoint,
                                     abstract_target)
+from cosmojax.eval import METRICS_FILE, MetricWriter, read_jsonl
 from cosmojax.parallel import axes, make_mesh, sharded_init, state_shardings
 
 
@@ -225,3 +227,46 @@ def test_unserializable_metadata_fails_at_save_time(tmp_path):
     with pytest.raises(TypeError, match="TrainingCheckpoint.metadata must be JSON"):
       checkpointer.save(TrainingCheckpoint(1, params, metadata={"x": object()}))
     assert checkpointer.latest_step() is None
+
+
+def _train(workdir, last_step: int) -> Any:
+  """A tiny driver loop: resumes from the latest checkpoint if any, trains to `last_step`,
+  writing metrics before each (interval) checkpoint, as the trainers do."""
+  tx = optim.make_optimizer({"learning_rate": 0.1, "schedule": "cosine", "warmup_steps": 2,
+                             "total_steps": 6})
+  step_fn = jax.jit(lambda p, s, g, l: optim.apply_gradients(tx, p, s, g, l))
+  data = np.arange(24, dtype=np.float32).reshape(8, 3) / 10
+  params = {"w": jnp.zeros(3)}
+  opt_state, rng, position, start = tx.init(params), jax.random.key(0), 0, 0
+  checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=2)
+  if checkpointer.latest_step() is not None:
+    ckpt = checkpointer.restore(params=params, opt_state=opt_state)
+    params, opt_state, rng, start = ckpt.params, ckpt.opt_state, ckpt.rng, ckpt.step
+    position = ckpt.data_state["position"]
+  writer = MetricWriter(workdir, resume_step=start if start else None, tensorboard=False)
+  for step in range(start + 1, last_step + 1):
+    x, position = data[position], position + 1
+    noise = jax.random.normal(jax.random.fold_in(rng, step), (3,))
+    loss, grads = jax.value_and_grad(
+        lambda p: jnp.sum((p["w"] - x - 0.1 * noise) ** 2))(params)
+    if step == 3:
+      loss = jnp.float32(np.nan)  # a non-finite step, skipped
+    params, opt_state, metrics = step_fn(params, opt_state, grads, loss)
+    stage = "sft" if step <= 3 else "rl"
+    writer.write(step, {"loss": loss, **metrics}, stage=stage)
+    checkpointer.save(TrainingCheckpoint(step, params, opt_state, stage=stage,
+                                         data_state={"position": position}, rng=rng))
+  writer.close()
+  checkpointer.close()
+  return params
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+  full = _train(tmp_path / "full", 6)
+  _train(tmp_path / "resumed", 5)  # killed after step 5; the last checkpoint is step 4
+  resumed = _train(tmp_path / "resumed", 6)
+  np.testing.assert_array_equal(resumed["w"], full["w"])
+  records = read_jsonl(tmp_path / "full" / METRICS_FILE)
+  assert read_jsonl(tmp_path / "resumed" / METRICS_FILE) == records
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+  assert records[2]["skipped"] == 1 and records[2]["nonfinite"] == {"loss": "nan"}
