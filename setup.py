@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "chex",
     "transformers",
     "safetensors",
+    "etils",
     "tokenizers",
     "numpy",
     "pillow",
