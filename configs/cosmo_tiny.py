@@ -1,0 +1,115 @@
+r"""CoSMo-RL on the synthetic multimodal safety suite with a tiny Qwen2.5-VL (the demo).
+
+    python experiments/train.py --config=configs/cosmo_tiny.py
+    python experiments/train.py --config=configs/cosmo_tiny.py:smoke --config.workdir=/tmp/smoke
+
+The full CoSMo-RL schedule on a 2-core CPU in minutes: SFT (format, capability and a partial
+safety set), RL stage 1 (general capability), RL stage 2 (safety + value + general, with
+multimodal jailbreak augmentation), an evaluation on the held-out suite after each stage.
+`:smoke` shrinks every stage to a few steps (tests and CI).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cosmojax.data.synthetic import CAPABILITY_TASKS, JAILBREAK_TASKS
+
+_GENERAL = {**{t: 1.0 for t in CAPABILITY_TASKS}, "instruction": 1.0}
+
+
+def _rl_stage(steps: int, mixture: dict[str, float], jailbreak: dict | None) -> dict:
+  return dict(
+      kind="rl",
+      steps=steps,
+      prompts_per_step=16,
+      mixture=mixture,
+      # CoSMo-RL's multiobjective reward: Format, Visual-Focus, Helpful, Task-Aware.
+      recipe=dict(name="cosmo_rl", kwargs=dict(tags=("description", "think", "answer"))),
+      sampling=dict(group_size=8, max_new_tokens=48, temperature=1.0),
+      learner=dict(
+          # CPGD with its public defaults (eps 0.2, drift 0.01), no KL to the reference.
+          loss=dict(loss_type="cpgd", eps_low=0.2, eps_high=0.2, drift_coef=0.01,
+                    aggregation="token-mean"),
+          advantage=dict(estimator="grpo", mode="normalize_then_sum"),
+          num_epochs=1,
+          num_minibatches=2,
+      ),
+      # A tiny model from SFT moves with a far larger step than 7B models (1e-6).
+      optimizer=dict(learning_rate=1e-4, warmup_steps=2, max_grad_norm=1.0),
+      jailbreak=jailbreak,
+  )
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The demo config; `arg="smoke"` shrinks it to seconds per stage."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/cosmo_tiny"
+  c.resume = True
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+
+  # The tiny model is built from scratch with the suite's own tokenizer: no checkpoint.
+  c.model = dict(
+      path="",  # a local Hugging Face directory to start from instead of random init
+      dtype="float32",
+      tiny=dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                intermediate_size=192, vision_hidden=64, vision_depth=2, patch_size=14,
+                window_size=56),
+  )
+  c.tokenizer = dict(path="")  # empty: the synthetic suite's tokenizer
+  # 84 x 84 images -> 6 x 6 patches of 14 px -> 9 image tokens.
+  c.image = dict(min_pixels=84 * 84, max_pixels=84 * 84)
+
+  c.data = dict(
+      kind="synthetic",
+      suite=dict(seed=0, image_size=84),
+      examples_per_task=2000,  # RL prompt pool per task (train split)
+      sft_mix=dict(examples_per_task=256, refusal_fraction=0.25, jailbreak_fraction=0.0),
+      max_length=96,
+      prompt_length_buckets=(48, 64),
+      max_images_per_example=2,
+  )
+
+  c.eval = dict(examples_per_task=32, batch_size=64, max_new_tokens=48)
+  c.checkpoint = dict(every=10, keep=2)
+
+  c.stage_order = ("sft", "rl_general", "rl_joint")
+  c.stages = ml_collections.ConfigDict()
+  c.stages.sft = dict(
+      kind="sft",
+      steps=300,
+      batch_size=32,
+      optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=20, total_steps=300,
+                     final_lr_ratio=0.1, weight_decay=0.01),
+  )
+  c.stages.rl_general = _rl_stage(30, _GENERAL, jailbreak=None)
+  c.stages.rl_joint = _rl_stage(
+      40,
+      {**_GENERAL, "harmful_text": 1.0, **{t: 0.5 for t in JAILBREAK_TASKS},
+       "benign_probe": 1.0, "value": 1.0},
+      # Unsafe requests are also disguised as multimodal jailbreaks on the fly, and benign
+      # probes get the same disguises so that the disguise alone does not signal harm.
+      jailbreak=dict(typographic_rate=0.2, query_image_rate=0.2, split_intent_rate=0.2,
+                     safe_tasks=("benign_probe",)),
+  )
+
+  if arg == "smoke":
+    c.workdir = "runs/cosmo_tiny_smoke"
+    c.data.examples_per_task = 64
+    c.data.sft_mix.examples_per_task = 16
+    c.eval.examples_per_task = 2
+    c.eval.max_new_tokens = 16
+    c.checkpoint.every = 2
+    c.stages.sft.steps = 3
+    c.stages.sft.batch_size = 8
+    c.stages.sft.optimizer.total_steps = 3
+    c.stages.sft.optimizer.warmup_steps = 1
+    for stage in ("rl_general", "rl_joint"):
+      c.stages[stage].steps = 2
+      c.stages[stage].prompts_per_step = 4
+      c.stages[stage].sampling.group_size = 2
+      c.stages[stage].sampling.max_new_tokens = 8
+  elif arg:
+    raise ValueError(f"configs/cosmo_tiny.py: unknown argument {arg!r}; known: 'smoke'.")
+  return c
