@@ -2,17 +2,23 @@
 
 `lax.fori_loop`s over token blocks and vocabulary blocks compute one [block_n, block_v]
 tile of logits at a time (see `logprob_tiles` for the maths), so no [N, V] array exists in
-the forward or the backward. Sizes need not be multiples of the blocks: the last block of a
-dimension is moved back to end at the array's edge (`dynamic_slice` clamps the same way) and
-the entries an earlier block already covered are masked out, so nothing is padded or copied.
+the forward or the backward. Sizes need not be multiples of the blocks: the loops run over
+the full blocks and a last, smaller block (static size) takes the remainder, so nothing is
+padded, copied or masked.
 
 Forward: token blocks outside, vocabulary blocks inside, online log-sum-exp per row.
 Backward: vocabulary blocks outside, token blocks inside, so that each [H, block_v] slice of
-dW is finished (float32 accumulator) before it is written, and dh accumulates in a float32
-[N, H] array, the only temporary that grows with the problem (N * H * 4 bytes).
+dW is finished (float32 accumulator) before it is written in place, and dh accumulates in a
+float32 [N, H] array, the only temporary that grows with the problem (N * H * 4 bytes).
+
+On XLA:CPU, bfloat16 slicing is not a supported bfloat16 op: XLA converts the whole LM head
+to float32 once (hoisted out of the loop) and slices that, a [H, V] float32 temporary that
+GPU and TPU do not have.
 """
 
 from __future__ import annotations
+
+from typing import Callable, TypeVar
 
 import jax
 from jax import lax
@@ -20,30 +26,20 @@ import jax.numpy as jnp
 
 from kernels import logprob_tiles as tiles
 
-
-def _cdiv(a: int, b: int) -> int:
-  """Number of blocks of size b covering a."""
-  return -(-a // b)
+Carry = TypeVar("Carry")
 
 
-def _block_start(b: jax.Array, block: int, size: int) -> jax.Array:
-  """Start of block `b`, moved back so that the block ends inside the array."""
-  return jnp.minimum(b * block, size - block)
+def _over_blocks(size: int, block: int, body: Callable[..., Carry], carry: Carry) -> Carry:
+  """Folds body(start, length, carry) over [0, size) in blocks: a loop, then the remainder."""
+  n_full, tail = divmod(size, block)
+  if n_full:
+    carry = lax.fori_loop(0, n_full, lambda b, c: body(b * block, block, c), carry)
+  return body(n_full * block, tail, carry) if tail else carry
 
 
-def _fresh(b: jax.Array, start: jax.Array, block: int) -> jax.Array:
-  """[block] bool: the entries of block `b` (placed at `start`) no earlier block covered."""
-  return start + jnp.arange(block) >= b * block
-
-
-def _scaled_logits(h_bh, w_hv, temperature: float, fresh_v, cols_v, t_b1):
-  """Tile of z = h W / T with stale columns masked, and the target indicator."""
+def _logits(h_bh, w_hv, temperature: float) -> jax.Array:
   z = jnp.dot(h_bh, w_hv, preferred_element_type=jnp.float32)
-  if temperature != 1.0:
-    z = z / temperature
-  z = jnp.where(fresh_v[None, :], z, tiles.MASK_VALUE)
-  is_target = (cols_v[None, :] == t_b1) & fresh_v[None, :]
-  return z, is_target
+  return z / temperature if temperature != 1.0 else z
 
 
 def forward(
@@ -56,29 +52,24 @@ def forward(
     block_v: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Returns (log p(target), lse, entropy), each [tokens] float32."""
-  n, _ = h_nh.shape
-  v = w_hv.shape[1]
-  bn, bv = min(block_n, n), min(block_v, v)
+  n, v = h_nh.shape[0], w_hv.shape[1]
 
-  def token_block(i, outs):
-    r0 = _block_start(i, bn, n)
+  def token_block(r0, bn, outs):
     h = lax.dynamic_slice_in_dim(h_nh, r0, bn, 0)
     t = lax.dynamic_slice_in_dim(t_n, r0, bn)[:, None]
 
-    def vocab_block(j, stats):
-      c0 = _block_start(j, bv, v)
-      w = lax.dynamic_slice_in_dim(w_hv, c0, bv, 1)
-      z, is_target = _scaled_logits(h, w, temperature, _fresh(j, c0, bv), c0 + jnp.arange(bv), t)
-      return tiles.update_stats(stats, z, is_target)
+    def vocab_block(c0, bv, stats):
+      z = _logits(h, lax.dynamic_slice_in_dim(w_hv, c0, bv, 1), temperature)
+      return tiles.update_stats(stats, z, c0 + jnp.arange(bv)[None, :] == t)
 
-    stats = lax.fori_loop(0, _cdiv(v, bv), vocab_block, tiles.init_stats(bn))
+    stats = _over_blocks(v, block_v, vocab_block, tiles.init_stats(bn))
     return tuple(
         lax.dynamic_update_slice_in_dim(out, x[:, 0], r0, 0)
         for out, x in zip(outs, tiles.finalize_stats(stats))
     )
 
   zeros = jnp.zeros((n,), jnp.float32)
-  return lax.fori_loop(0, _cdiv(n, bn), token_block, (zeros, zeros, zeros))
+  return _over_blocks(n, block_n, token_block, (zeros, zeros, zeros))
 
 
 def backward(
@@ -95,27 +86,21 @@ def backward(
     block_v: int,
 ) -> tuple[jax.Array, jax.Array]:
   """Returns (d hidden [tokens, hidden], d lm_head [hidden, vocab]) in the input dtypes."""
-  n, hdim = h_nh.shape
-  v = w_hv.shape[1]
-  bn, bv = min(block_n, n), min(block_v, v)
-  per_token = [x for x in (t_n, lse_n, ent_n, g_logp_n, g_ent_n) if x is not None]
+  (n, hdim), v = h_nh.shape, w_hv.shape[1]
   has_entropy = ent_n is not None
+  per_token = [t_n, lse_n, g_logp_n] + ([ent_n, g_ent_n] if has_entropy else [])
 
-  def vocab_block(j, carry):
+  def vocab_block(c0, bv, carry):
     dh_nh, dw_hv = carry
-    c0 = _block_start(j, bv, v)
-    fresh_v = _fresh(j, c0, bv)
     w = lax.dynamic_slice_in_dim(w_hv, c0, bv, 1)
 
-    def token_block(i, inner):
+    def token_block(r0, bn, inner):
       dh_nh, dw_acc = inner
-      r0 = _block_start(i, bn, n)
       h = lax.dynamic_slice_in_dim(h_nh, r0, bn, 0)
-      t, lse, *rest = [lax.dynamic_slice_in_dim(x, r0, bn)[:, None] for x in per_token]
-      ent, g_logp, g_ent = rest if has_entropy else (None, rest[0], None)
-      z, is_target = _scaled_logits(h, w, temperature, fresh_v, c0 + jnp.arange(bv), t)
-      dz = tiles.dlogits(z, is_target, lse, ent, g_logp, g_ent)
-      dz = jnp.where(_fresh(i, r0, bn)[:, None], dz, 0.0)
+      t, lse, g_logp, *rest = [lax.dynamic_slice_in_dim(x, r0, bn)[:, None] for x in per_token]
+      ent, g_ent = rest if has_entropy else (None, None)
+      z = _logits(h, w, temperature)
+      dz = tiles.dlogits(z, c0 + jnp.arange(bv)[None, :] == t, lse, ent, g_logp, g_ent)
       dz = (dz / temperature if temperature != 1.0 else dz).astype(h_nh.dtype)
       dw_acc = dw_acc + lax.dot_general(
           h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -123,12 +108,10 @@ def backward(
           dz, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
       return lax.dynamic_update_slice_in_dim(dh_nh, dh_rows, r0, 0), dw_acc
 
-    dh_nh, dw_acc = lax.fori_loop(
-        0, _cdiv(n, bn), token_block, (dh_nh, jnp.zeros((hdim, bv), jnp.float32)))
-    old = lax.dynamic_slice_in_dim(dw_hv, c0, bv, 1)
-    new = jnp.where(fresh_v[None, :], dw_acc.astype(dw_hv.dtype), old)
-    return dh_nh, lax.dynamic_update_slice_in_dim(dw_hv, new, c0, 1)
+    dh_nh, dw_acc = _over_blocks(
+        n, block_n, token_block, (dh_nh, jnp.zeros((hdim, bv), jnp.float32)))
+    return dh_nh, lax.dynamic_update_slice_in_dim(dw_hv, dw_acc.astype(dw_hv.dtype), c0, 1)
 
   init = (jnp.zeros((n, hdim), jnp.float32), jnp.zeros_like(w_hv))
-  dh_nh, dw_hv = lax.fori_loop(0, _cdiv(v, bv), vocab_block, init)
+  dh_nh, dw_hv = _over_blocks(v, block_v, vocab_block, init)
   return dh_nh.astype(h_nh.dtype), dw_hv
