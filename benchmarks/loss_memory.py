@@ -40,12 +40,13 @@ class Problem:
   dtype: str = "bfloat16"
 
   def shapes(self) -> list[tuple[tuple[int, ...], jnp.dtype]]:
-    """(shape, dtype) of hidden, lm_head, targets, old_logp, advantages, weights, mask."""
+    """(shape, dtype) of hidden, lm_head, targets, old_logp, advantages, weights, mask and
+    ref_logp."""
     b, t, k = self.batch, self.time, self.objectives
     dt = jnp.dtype(self.dtype)
     return [((b, t, self.hidden), dt), ((self.hidden, self.vocab), dt), ((b, t), jnp.int32),
             ((b, t), jnp.float32), ((b, k), jnp.float32), ((k,), jnp.float32),
-            ((b, t), jnp.float32)]
+            ((b, t), jnp.float32), ((b, t), jnp.float32)]
 
   def describe(self) -> str:
     return (f"N={self.batch * self.time} (B={self.batch}, T={self.time}) H={self.hidden} "
@@ -54,12 +55,14 @@ class Problem:
 
 def loss_and_grad(fused: bool, config: PolicyLossConfig, backend: str,
                   block_sizes: BlockSizes | None):
-  """jit of (h, W, targets, old_logp, adv, weights, mask) -> ((loss, diag), (dh, dW))."""
+  """jit of (h, W, targets, old_logp, adv, weights, mask, ref_logp) -> ((loss, diag), (dh, dW))."""
 
   def loss(h, w, *rest):
+    *rest, ref_logp = rest
     if fused:
-      return fused_pg_loss(h, w, *rest, config, backend=backend, block_sizes=block_sizes)
-    return fused_pg_loss_reference(h, w, *rest, config)
+      return fused_pg_loss(h, w, *rest, config, ref_logp=ref_logp, backend=backend,
+                           block_sizes=block_sizes)
+    return fused_pg_loss_reference(h, w, *rest, config, ref_logp=ref_logp)
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
