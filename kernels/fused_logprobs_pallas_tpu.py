@@ -36,7 +36,7 @@ _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 def _tile(h, w, t, col0, v, temperature):
   """Logits tile z [bn, bv] (invalid columns masked), the target indicator, column validity."""
-  z = jnp.dot(h, w, preferred_element_type=jnp.float32)
+  z = jnp.dot(h, w, precision=tiles.dot_precision(h.dtype), preferred_element_type=jnp.float32)
   if temperature != 1.0:
     z = z / temperature
   cols = col0 + lax.broadcasted_iota(jnp.int32, z.shape, 1)
@@ -85,7 +85,9 @@ def _dh_kernel(h_ref, w_ref, *refs, v, bv, temperature):
     acc_ref[...] = jnp.zeros_like(acc_ref)
 
   dz, w = _cotangent(h_ref, w_ref, token_refs, j * bv, v, temperature)
-  acc_ref[...] += lax.dot_general(dz.astype(w.dtype), w, _NT, preferred_element_type=jnp.float32)
+  acc_ref[...] += lax.dot_general(dz.astype(w.dtype), w, _NT,
+                                  precision=tiles.dot_precision(w.dtype),
+                                  preferred_element_type=jnp.float32)
 
   @pl.when(j == pl.num_programs(1) - 1)
   def _():
@@ -105,7 +107,9 @@ def _dw_kernel(h_ref, w_ref, *refs, n, bn, v, bv, temperature):
   dz = jnp.where(row_ok, dz, 0.0)
   h = h_ref[...]
   h = jnp.where(row_ok, h, jnp.zeros_like(h))
-  acc_ref[...] += lax.dot_general(h, dz.astype(h.dtype), _TN, preferred_element_type=jnp.float32)
+  acc_ref[...] += lax.dot_general(h, dz.astype(h.dtype), _TN,
+                                  precision=tiles.dot_precision(h.dtype),
+                                  preferred_element_type=jnp.float32)
 
   @pl.when(i == pl.num_programs(1) - 1)
   def _():

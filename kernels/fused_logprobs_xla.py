@@ -38,7 +38,8 @@ def _over_blocks(size: int, block: int, body: Callable[..., Carry], carry: Carry
 
 
 def _logits(h_bh, w_hv, temperature: float) -> jax.Array:
-  z = jnp.dot(h_bh, w_hv, preferred_element_type=jnp.float32)
+  z = jnp.dot(h_bh, w_hv, precision=tiles.dot_precision(h_bh.dtype),
+              preferred_element_type=jnp.float32)
   return z / temperature if temperature != 1.0 else z
 
 
@@ -102,10 +103,11 @@ def backward(
       z = _logits(h, w, temperature)
       dz = tiles.dlogits(z, c0 + jnp.arange(bv)[None, :] == t, lse, ent, g_logp, g_ent)
       dz = (dz / temperature if temperature != 1.0 else dz).astype(h_nh.dtype)
-      dw_acc = dw_acc + lax.dot_general(
-          h, dz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+      precision = tiles.dot_precision(h_nh.dtype)
+      dw_acc = dw_acc + lax.dot_general(h, dz, (((0,), (0,)), ((), ())), precision=precision,
+                                        preferred_element_type=jnp.float32)
       dh_rows = lax.dynamic_slice_in_dim(dh_nh, r0, bn, 0) + lax.dot_general(
-          dz, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+          dz, w, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
       return lax.dynamic_update_slice_in_dim(dh_nh, dh_rows, r0, 0), dw_acc
 
     dh_nh, dw_acc = _over_blocks(

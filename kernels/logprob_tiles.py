@@ -26,6 +26,7 @@ Every function here is elementwise or a row reduction, so it lowers on all backe
 from __future__ import annotations
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 # Finite rather than -inf: exp() still underflows to exactly 0, and 0 * MASK_VALUE stays 0
@@ -33,6 +34,13 @@ import jax.numpy as jnp
 MASK_VALUE = -1e30
 
 Stats = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def dot_precision(dtype) -> lax.Precision | None:
+  """Matmul precision for operands of `dtype`: HIGHEST for float32 (by default TPUs round
+  float32 operands to bfloat16 and GPUs to TF32; the reference keeps float32), the default
+  otherwise (bfloat16 products are exact in the float32 accumulator)."""
+  return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
 
 
 def init_stats(rows: int) -> Stats:

@@ -231,24 +231,24 @@ def test_auto_backend_and_unknown_backend():
 
 
 @pytest.mark.parametrize(
-    "change,message",
+    "name,shape,dtype,message",
     [
-        (dict(lm_head=jnp.zeros((8, 50))), r"lm_head must be \[d_model, vocab\] with d_model = 16"),
-        (dict(targets=jnp.zeros((2, 4), jnp.int32)), r"targets has shape \(2, 4\); expected \(2, 3\)"),
-        (dict(targets=jnp.zeros((2, 3))), "targets must hold integer token ids"),
-        (dict(hidden=jnp.zeros((2, 3, 16), jnp.bfloat16)), "share one floating dtype"),
-        (dict(hidden=jnp.zeros((16,))), r"hidden must be \[tokens, d_model\] or \[batch, time"),
-        (dict(mask=jnp.ones((2, 4))), r"mask has shape \(2, 4\); expected \(2, 3\)"),
+        ("lm_head", (8, 50), jnp.float32, r"lm_head must be \[d_model, vocab\] with d_model = 16"),
+        ("targets", (2, 4), jnp.int32, r"targets has shape \(2, 4\); expected \(2, 3\)"),
+        ("targets", (2, 3), jnp.float32, "targets must hold integer token ids"),
+        ("hidden", (2, 3, 16), jnp.bfloat16, "share one floating dtype"),
+        ("hidden", (16,), jnp.float32, r"hidden must be \[tokens, d_model\] or \[batch, time"),
+        ("mask", (2, 4), jnp.float32, r"mask has shape \(2, 4\); expected \(2, 3\)"),
     ],
 )
-def test_bad_shapes_are_named(change, message):
-  inputs = dict(hidden=jnp.zeros((2, 3, 16)), lm_head=jnp.zeros((16, 50)),
-                targets=jnp.zeros((2, 3), jnp.int32), mask=jnp.ones((2, 3)))
-  inputs.update(change)
+def test_bad_shapes_are_named(name, shape, dtype, message):
+  inputs = dict(hidden=((2, 3, 16), jnp.float32), lm_head=((16, 50), jnp.float32),
+                targets=((2, 3), jnp.int32), mask=((2, 3), jnp.float32))
+  inputs[name] = (shape, dtype)
+  x = {key: jnp.zeros(*value) for key, value in inputs.items()}
   with pytest.raises(ValueError, match=message):
-    fused_pg_loss(inputs["hidden"], inputs["lm_head"], inputs["targets"], jnp.zeros((2, 3)),
-                  jnp.zeros((2, 1)), jnp.ones((1,)), inputs["mask"], PolicyLossConfig(),
-                  backend="xla")
+    fused_pg_loss(x["hidden"], x["lm_head"], x["targets"], jnp.zeros((2, 3)), jnp.zeros((2, 1)),
+                  jnp.ones((1,)), x["mask"], PolicyLossConfig(), backend="xla")
 
 
 def test_xla_path_never_materializes_logits():
