@@ -81,7 +81,7 @@ class BlockSizes:
   def __post_init__(self):
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      if field.name != "num_stages" and value is not None and value <= 0:
+      if value is not None and value <= 0:
         raise ValueError(f"BlockSizes.{field.name} must be positive, got {value}.")
 
   def forward_blocks(self) -> tuple[int, int]:
@@ -104,7 +104,8 @@ _DEFAULT_BLOCKS = {
     "pallas_gpu": BlockSizes(block_n=64, block_v=64, block_h=64, num_warps=4, num_stages=2),
     # VMEM: [256, H] + [H, 512] bfloat16 blocks, double-buffered, are 11 MB at H = 3584; the
     # backward also holds a float32 [block_n, H] or [H, block_v] accumulator (19 MB in all at
-    # H = 3584, over the 16 MiB default scoped limit of v5p; 32 MiB fits v4 and later).
+    # H = 3584, over the 16 MiB default scoped limit: v5e, v5p and v6e have room for 32 MiB).
+    # TPU v4 has 16 MiB of VMEM: use BlockSizes(256, 512, 128, 256) there.
     "pallas_tpu": BlockSizes(block_n=256, block_v=512, block_n_bwd=256, block_v_bwd=256,
                              vmem_limit_bytes=32 * 2**20),
 }
