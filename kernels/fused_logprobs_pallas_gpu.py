@@ -72,7 +72,7 @@ def _forward_kernel(h_ref, w_ref, t_ref, logp_ref, lse_ref, ent_ref, *, n, v, hd
 
 
 def _load_token_values(refs, rows, row_ok):
-  """Loads [bn, 1] per-token values (targets, lse, entropy, cotangents) of a row block."""
+  """Loads the [bn, 1] per-token values (see `backward`) of a row block; 0 past the end."""
   return [plgpu.load(r.at[rows, :], mask=row_ok[:, None], other=jnp.zeros((), r.dtype))
           for r in refs]
 

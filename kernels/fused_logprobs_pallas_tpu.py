@@ -35,7 +35,7 @@ _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
 def _tile(h, w, t, col0, v, temperature):
-  """Logits tile z [bn, bv] (invalid columns masked), the target indicator, column validity."""
+  """Logits tile z [bn, bv] (columns past the vocabulary masked) and the target indicator."""
   z = jnp.dot(h, w, precision=tiles.dot_precision(h.dtype), preferred_element_type=jnp.float32)
   if temperature != 1.0:
     z = z / temperature

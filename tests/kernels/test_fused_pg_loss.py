@@ -8,9 +8,9 @@ logits.
 
 Tolerances, as max |fused - reference| / max |reference| over each array:
 float32 1e-5; bfloat16 inputs 1e-5 for log-probs and entropies (both sides accumulate the
-same bfloat16 products in float32) and 2e-2 for the bfloat16 gradients (bfloat16 has an 8-bit
+same bfloat16 products in float32) and 1e-2 for the bfloat16 gradients (bfloat16 has an 8-bit
 mantissa, relative spacing 2^-8 = 3.9e-3, and the kernels round d logits to bfloat16 before
-the backward matmuls, as bfloat16 training does).
+the backward matmuls, as bfloat16 training does; observed: 3.4e-3 to 4.4e-3).
 
 Shapes are tiny (Pallas interpret mode is slow on CPU), chosen so that tokens, vocabulary
 and hidden size are not multiples of the block sizes.
@@ -40,7 +40,7 @@ _TEST_BLOCKS = {
     "pallas_tpu": BlockSizes(block_n=16, block_v=128),
 }
 _F32_TOL = 1e-5
-_BF16_GRAD_TOL = 2e-2
+_BF16_GRAD_TOL = 1e-2
 
 
 def _blocks(backend: str) -> BlockSizes:
