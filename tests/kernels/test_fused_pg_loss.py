@@ -19,6 +19,10 @@ and hidden size are not multiples of the block sizes.
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -267,3 +271,18 @@ def test_xla_path_never_materializes_logits():
   temp = compiled.memory_analysis().temp_size_in_bytes
   logits_bytes = n * vocab * 4  # 134 MB
   assert temp < 0.1 * logits_bytes, f"temporaries {temp} bytes vs logits {logits_bytes} bytes"
+
+
+@pytest.mark.parametrize(
+    "script", ["loss_memory.py", pytest.param("loss_speed.py", marks=pytest.mark.slow)])
+def test_benchmark_scripts_print_a_ratio(script):
+  """The benchmarks run end to end (tiny shapes) and end with their ratio line."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  tiny = ["--batch=2", "--time=16", "--hidden=32", "--vocab=300", "--block_n=8", "--block_v=64"]
+  extra = ["--iters=1"] if script == "loss_speed.py" else []
+  env = dict(os.environ, PYTHONPATH=str(root))
+  proc = subprocess.run([sys.executable, str(root / "benchmarks" / script), *tiny, *extra],
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith("ratio=") and float(last.split("=")[1]) > 0, proc.stdout
