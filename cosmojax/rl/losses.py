@@ -44,7 +44,9 @@ import jax.numpy as jnp
 from cosmojax.registry import Registry
 from cosmojax.rl.objectives import combine_objectives
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGGREGATIONS = (
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+)
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # Per-token policy loss: (l, l0, A, mask, config) -> (loss_bt, token flags for diagnostics).
@@ -378,7 +380,7 @@ def policy_loss_from_logprobs(
   diagnostics = {"pg_loss": pg_loss}
 
   log_ratio = logp - old_logp
-  drift_coef_bt = jnp.expm1(log_ratio)
+  ratio_minus_one = jnp.expm1(log_ratio)
   if config.drift_coef != 0.0:
     drift_loss = agg(policy_drift(logp, old_logp, config.drift_clip))
     loss = loss + config.drift_coef * drift_loss
@@ -401,9 +403,9 @@ def policy_loss_from_logprobs(
       clipfrac=_token_mean(clipped_any, mask),
       **{name: _token_mean(flag, mask) for name, flag in flags.items()},
       ratio_mean=_token_mean(jnp.exp(log_ratio), mask),
-      approx_kl=_token_mean(drift_coef_bt - log_ratio, mask),  # k3 of KL(pi_old || pi_theta)
-      drift_mean=_token_mean(jnp.minimum(drift_coef_bt, config.drift_clip), mask),
-      drift_clipfrac=_token_mean(drift_coef_bt > config.drift_clip, mask),
+      approx_kl=_token_mean(ratio_minus_one - log_ratio, mask),  # k3 of KL(pi_old || pi_theta)
+      drift_mean=_token_mean(jnp.minimum(ratio_minus_one, config.drift_clip), mask),
+      drift_clipfrac=_token_mean(ratio_minus_one > config.drift_clip, mask),
       num_tokens=jnp.sum(mask).astype(jnp.float32),
       **_advantage_diagnostics(advantages_bk.astype(jnp.float32), adv_bt, has_bt, mask),
   )
