@@ -7,7 +7,7 @@ Random init from a config: `Qwen2_5_VL(tiny_qwen2_5_vl_config(), rngs=nnx.Rngs(0
 """
 
 from cosmojax.models.checkpoint import (MODEL_FAMILIES, CheckpointError, ModelFamily, family_of,
-                                        from_pretrained, save_pretrained)
+                                        from_pretrained, load_config, save_pretrained)
 from cosmojax.models.configs import (ConfigError, Qwen2_5_VLConfig, TextConfig, VisionConfig,
                                      qwen2_5_vl_config_from_hf, qwen2_5_vl_config_to_hf,
                                      text_config_from_hf, tiny_qwen2_5_vl_config,
@@ -22,7 +22,7 @@ __all__ = [
     "MODEL_FAMILIES", "CausalLM", "CheckpointError", "ConfigError", "KVCache", "ModelFamily",
     "Qwen2ForCausalLM", "Qwen2_5_VL", "Qwen2_5_VLConfig", "TextConfig", "VisionConfig",
     "VisionMeta", "default_positions", "family_of", "from_pretrained", "get_rope_index",
-    "init_cache", "num_image_tokens", "qwen2_5_vl_config_from_hf", "qwen2_5_vl_config_to_hf",
+    "init_cache", "load_config", "num_image_tokens", "qwen2_5_vl_config_from_hf", "qwen2_5_vl_config_to_hf",
     "save_pretrained", "text_config_from_hf", "tiny_qwen2_5_vl_config", "tiny_qwen2_config",
     "vision_metadata",
 ]

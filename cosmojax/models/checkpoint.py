@@ -84,6 +84,13 @@ def family_of(hf_config: dict, where: str = CONFIG_FILE) -> ModelFamily:
       f"model_type={hf_config.get('model_type')!r}); known: {', '.join(MODEL_FAMILIES.names())}")
 
 
+def load_config(path: str) -> Any:
+  """The model config of a local Hugging Face directory (its config.json), without weights."""
+  where = os.path.join(path, CONFIG_FILE)
+  hf_config = _read_json(where)
+  return family_of(hf_config, where).config_from_hf(hf_config)
+
+
 def _family_of_model(model: nnx.Module) -> ModelFamily:
   for name in MODEL_FAMILIES.names():
     family = MODEL_FAMILIES.get(name)
