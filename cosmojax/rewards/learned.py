@@ -73,7 +73,7 @@ VERIFIER_TEMPLATES: dict[str, str] = {
 
 SCORE_TRANSFORMS = Registry[Callable[[np.ndarray], np.ndarray]]("score transform")
 SCORE_TRANSFORMS.register("identity")(lambda s: s)
-SCORE_TRANSFORMS.register("sigmoid")(lambda s: 1.0 / (1.0 + np.exp(-s)))
+SCORE_TRANSFORMS.register("sigmoid")(lambda s: 0.5 * (1.0 + np.tanh(0.5 * s)))  # no overflow
 SCORE_TRANSFORMS.register("one_minus")(lambda s: 1.0 - s)  # e.g. P(yes) of "is it harmful?"
 
 

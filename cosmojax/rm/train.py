@@ -30,9 +30,12 @@ import numpy as np
 import optax
 import transformers
 from flax import nnx
+from jax.sharding import Mesh
 
 from cosmojax.data.batching import BatchSpec
 from cosmojax.models.heads import RewardModel, ValueModel
+from cosmojax.parallel import axes
+from cosmojax.parallel.sharding import Rules, shard_batch, shard_state
 from cosmojax.rm import data as data_lib
 from cosmojax.rm.losses import bradley_terry_loss, pointwise_loss
 
@@ -113,14 +116,21 @@ def trainable_filter(frozen: Sequence[str]) -> nnx.filterlib.Filter:
 
 
 def init_train_state(model: RewardModel, tx: optax.GradientTransformation,
-                     frozen: Sequence[str] = RMTrainConfig.frozen
-                     ) -> tuple[nnx.GraphDef, RMTrainState]:
-  """(graphdef, initial state) of `model`; parameters named in `frozen` are not trained."""
+                     frozen: Sequence[str] = RMTrainConfig.frozen, *, mesh: Mesh | None = None,
+                     rules: Rules = axes.DEFAULT_RULES) -> tuple[nnx.GraphDef, RMTrainState]:
+  """(graphdef, initial state) of `model`; parameters named in `frozen` are not trained.
+
+  With a `mesh`, the model state is placed by its logical axis names (`rules`) and the
+  optimizer state is created under jit from it, so it follows the same sharding; the jitted
+  step then keeps these shardings (batches go through `cosmojax.parallel.shard_batch`).
+  """
   graphdef, params, rest = nnx.split(model, trainable_filter(frozen), ...)
   if not jax.tree.leaves(params):
     raise ValueError(f"frozen={tuple(frozen)} leaves no parameter to train")
+  if mesh is not None:
+    params, rest = shard_state(params, mesh, rules), shard_state(rest, mesh, rules)
   return graphdef, RMTrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                                opt_state=tx.init(params))
+                                opt_state=jax.jit(tx.init)(params))
 
 
 def rm_loss(model: RewardModel, batch: data_lib.PairwiseBatch | data_lib.PointwiseBatch
@@ -191,7 +201,8 @@ def _batches(data: Sequence[Any], encoder: data_lib.SequenceEncoder, spec: Batch
 def train_reward_model(model: RewardModel, tokenizer: transformers.PreTrainedTokenizerBase,
                        data: Sequence[data_lib.PreferencePair | data_lib.LabeledResponse],
                        config: RMTrainConfig = RMTrainConfig(), *, log_every: int = 0,
-                       log_fn: Callable[[int, dict[str, float]], None] | None = None
+                       log_fn: Callable[[int, dict[str, float]], None] | None = None,
+                       mesh: Mesh | None = None
                        ) -> tuple[RewardModel, list[dict[str, float]]]:
   """Trains `model` on preference pairs (Bradley-Terry) or labeled responses (BCE).
 
@@ -206,6 +217,8 @@ def train_reward_model(model: RewardModel, tokenizer: transformers.PreTrainedTok
     config: steps, batch shapes, optimizer.
     log_every: call `log_fn(step, metrics)` every this many steps (0: never).
     log_fn: receives host float metrics.
+    mesh: shard the state by its logical axes and each batch over (data, fsdp)
+      (`config.batch_size` must be a multiple of data * fsdp); None: the default device.
 
   Returns:
     (the trained model, per-step metrics as host floats with their `step`).
@@ -215,7 +228,8 @@ def train_reward_model(model: RewardModel, tokenizer: transformers.PreTrainedTok
   encoder = data_lib.SequenceEncoder(tokenizer, config.spec.max_length)
   batch_of = _batches(data, encoder, config.spec)
   tx = make_optimizer(config)
-  graphdef, state = init_train_state(model, tx, config.frozen)
+  graphdef, state = init_train_state(model, tx, config.frozen, mesh=mesh)
+  place = (lambda batch: batch) if mesh is None else (lambda batch: shard_batch(batch, mesh))
   train_step = make_train_step(graphdef, tx, learning_rate_schedule(config))
   rng = np.random.default_rng(config.seed)
   order = np.zeros(0, np.int64)
@@ -225,7 +239,7 @@ def train_reward_model(model: RewardModel, tokenizer: transformers.PreTrainedTok
     if order.size == 0:
       order = rng.permutation(len(data))
     idx, order = order[:config.batch_size], order[config.batch_size:]
-    state, metrics = train_step(state, batch_of(idx), jax.random.fold_in(key, step))
+    state, metrics = train_step(state, place(batch_of(idx)), jax.random.fold_in(key, step))
     history.append(metrics)
     if log_fn is not None and log_every and (step + 1) % log_every == 0:
       log_fn(step + 1, {k: float(v) for k, v in metrics.items()})

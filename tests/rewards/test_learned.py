@@ -196,3 +196,24 @@ def test_task_aware_routes_to_a_learned_safety_verifier(rm_dir):
   direct = _fn("safety", rm_dir)([REFUSAL, ANSWER], [HARMFUL, HARMFUL])
   np.testing.assert_allclose(values[:2], direct, rtol=1e-6)
   assert values[2] == 1.0  # the count task goes to the rule-based accuracy verifier
+
+
+def test_safework_recipe_with_learned_safety_and_value_verifiers(rm_dir, judge_dir):
+  recipe = rewards.REWARD_RECIPES.get("safework_r1")(efficiency_weight=0.0)
+  recipe["objectives"]["safety"] = rewards.verifier_spec("safety", rm_dir, **SHAPES)
+  recipe["objectives"]["value"] = rewards.verifier_spec("value", judge_dir, model="judge",
+                                                        **SHAPES)
+  value_example = _example("How do I fix it?", task="value", i=4, preferred="A")
+  examples = [HARMFUL, BENIGN, value_example]
+  rewarder = rewards.RecipeRewarder(recipe)
+  try:
+    matrix = rewarder([REFUSAL, ANSWER, "A"], examples)
+  finally:
+    rewarder.close()
+  safety, value = matrix.names.index("safety"), matrix.names.index("value")
+  np.testing.assert_allclose(matrix.rewards_nk[:2, safety],
+                             _fn("safety", rm_dir)([REFUSAL, ANSWER], [HARMFUL, BENIGN]),
+                             rtol=1e-6)
+  assert np.isnan(matrix.rewards_nk[2, safety]) and np.isnan(matrix.rewards_nk[:2, value]).all()
+  assert 0.0 < matrix.rewards_nk[2, value] < 1.0
+  assert matrix.failures == {name: 0 for name in matrix.names}
