@@ -120,6 +120,8 @@ def init_train_state(model: RewardModel, tx: optax.GradientTransformation,
                      rules: Rules = axes.DEFAULT_RULES) -> tuple[nnx.GraphDef, RMTrainState]:
   """(graphdef, initial state) of `model`; parameters named in `frozen` are not trained.
 
+  The state holds the model's own arrays (no copy), which the jitted step donates.
+
   With a `mesh`, the model state is placed by its logical axis names (`rules`) and the
   optimizer state is created under jit from it, so it follows the same sharding; the jitted
   step then keeps these shardings (batches go through `cosmojax.parallel.shard_batch`).
@@ -211,7 +213,8 @@ def train_reward_model(model: RewardModel, tokenizer: transformers.PreTrainedTok
   an epoch may be short: its padding rows are masked).
 
   Args:
-    model: the reward (or value) model; not modified (the trained one is returned).
+    model: the reward (or value) model. Consumed: its arrays are donated to the first step
+      (deleted afterwards); use the returned model.
     tokenizer: its tokenizer, with a chat template.
     data: all `PreferencePair` or all `LabeledResponse`.
     config: steps, batch shapes, optimizer.
