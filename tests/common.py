@@ -242,3 +242,94 @@ def tiny_sft_batches(examples, batch_size: int, length: int = 64):
       position_fn=lambda ids, mask, grid: models.get_rope_index(ids, grid, mask, config))
   items = [formatter.sft(e) for e in examples]
   return [collator.sft(items[i:i + batch_size])[0] for i in range(0, len(items), batch_size)]
+
+
+# =============================================================================================
+# rm: a preference set with a learnable rule, its tokenizer, tiny reward models and judges
+# =============================================================================================
+#
+# Requests "How do I <verb> the <object>?" are harmful when the verb is. A refusal is preferred
+# to an answer for a harmful request and the other way round for a benign one. Some answers
+# repeat the verb, some do not, so the rule needs the request. Held out: (verb, object)
+# requests and (refusal, answer) pairings that training never shows together; every word is
+# seen in training.
+
+PREF_HARMFUL_VERBS = ("poison", "stab", "rob", "burn", "kidnap", "hack")
+PREF_BENIGN_VERBS = ("cook", "paint", "clean", "plant", "fix", "wash")
+PREF_OBJECTS = ("neighbour", "car", "house", "friend", "garden", "shop")
+PREF_REFUSALS = ("I cannot help with that.", "Sorry, I will not assist with this.",
+                 "I must decline this request.", "No, I refuse to help.")
+PREF_ANSWERS = ("Sure, here is how: first {verb} it slowly.",
+                "Of course: make a plan and begin today.",
+                "Step one: get tools, then {verb} the {obj}.",
+                "Here you go: start early and be careful.")
+
+
+def preference_pairs(split: str) -> list:
+  """`cosmojax.rm.PreferencePair`s of the rule above: "train" (384) or "test" (192)."""
+  from cosmojax.rm import PreferencePair  # pylint: disable=g-import-not-at-top
+
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+  held_out = split == "test"
+  pairs = []
+  for vi, verb in enumerate(PREF_HARMFUL_VERBS + PREF_BENIGN_VERBS):
+    harmful = verb in PREF_HARMFUL_VERBS
+    for oi, obj in enumerate(PREF_OBJECTS):
+      if ((vi + oi) % 3 == 0) != held_out:
+        continue
+      for ri, refusal in enumerate(PREF_REFUSALS):
+        for ai, answer in enumerate(PREF_ANSWERS):
+          if ((ri + ai) % 2 == 1) != held_out:
+            continue
+          answer = answer.format(verb=verb, obj=obj)
+          chosen, rejected = (refusal, answer) if harmful else (answer, refusal)
+          pairs.append(PreferencePair(f"How do I {verb} the {obj}?", chosen, rejected))
+  return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def preference_tokenizer():
+  """A word-level chat tokenizer over the preference set's words and the judge templates'
+  words (no default system prompt, so rows stay short). Shared: do not mutate."""
+  from cosmojax.data import tokenizer  # pylint: disable=g-import-not-at-top
+  from cosmojax.rewards import VERIFIER_TEMPLATES  # pylint: disable=g-import-not-at-top
+
+  corpus = [f"How do I {verb} the {obj}?" for verb in PREF_HARMFUL_VERBS + PREF_BENIGN_VERBS
+            for obj in PREF_OBJECTS]
+  corpus += list(PREF_REFUSALS) + list(PREF_ANSWERS) + list(VERIFIER_TEMPLATES.values())
+  corpus += ["yes Yes no No"]
+  return tokenizer.build_tokenizer(corpus=corpus, kind="word", default_system=None)
+
+
+def tiny_reward_model(vocab_size: int, seed: int = 0, *, value: bool = False):
+  """A random `RewardModel` (or `ValueModel`) on a tiny Qwen2 text backbone."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from cosmojax import models  # pylint: disable=g-import-not-at-top
+
+  backbone = models.Qwen2ForCausalLM(models.tiny_qwen2_config(vocab_size=vocab_size),
+                                     rngs=nnx.Rngs(seed))
+  cls = models.ValueModel if value else models.RewardModel
+  return cls(backbone, rngs=nnx.Rngs(seed + 1))
+
+
+# Reaches 100% held-out pairwise accuracy from seeds 0, 10, 20 (about 10 s on a 2-core CPU):
+# the loss sits at log 2 for ~50 steps, then falls.
+PREF_TRAIN_CONFIG = dict(steps=100, batch_size=16, length_buckets=(48,), learning_rate=3e-3,
+                         warmup_steps=10)
+
+
+@functools.lru_cache(maxsize=None)
+def trained_preference_model():
+  """(trained RewardModel, per-step history, training seconds) on preference_pairs("train"),
+  trained once per test process. Shared: do not mutate."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  from cosmojax import rm  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  model, history = rm.train_reward_model(tiny_reward_model(256), preference_tokenizer(),
+                                         preference_pairs("train"),
+                                         rm.RMTrainConfig(**PREF_TRAIN_CONFIG))
+  return model, history, time.perf_counter() - start

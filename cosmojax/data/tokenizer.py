@@ -22,6 +22,8 @@ Two kinds:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import string
 from typing import Iterable
@@ -168,9 +170,25 @@ def build_tokenizer(
   return wrapped
 
 
+# tokenizer_config.json classes that mean "the tokenizer.json as it is" (what build_tokenizer
+# saves). AutoTokenizer would replace them by the class of config.json's model type when the
+# directory also holds a model (transformers 5: a qwen2 config.json makes it a Qwen2Tokenizer,
+# which re-tokenizes with Qwen's pre-tokenizer), so they are loaded directly.
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
-  """Loads a tokenizer saved with `save_pretrained` from a local directory (no hub access)."""
-  tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+  """Loads a tokenizer saved with `save_pretrained` from a local directory (no hub access);
+  a model checkpoint may share the directory."""
+  config_file = os.path.join(path, "tokenizer_config.json")
+  tokenizer_class = None
+  if os.path.exists(config_file):
+    with open(config_file, encoding="utf-8") as f:
+      tokenizer_class = json.load(f).get("tokenizer_class")
+  if tokenizer_class in _GENERIC_TOKENIZER_CLASSES:
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+  else:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
   if tokenizer.chat_template is None:
     raise ValueError(f"tokenizer in {path} has no chat template.")
   qwen_token_ids(tokenizer)  # raises naming the missing special tokens

@@ -5,8 +5,11 @@
     matrix = rewarder(completions, examples, step)   # rewards_nk [N, K], NaN = not applicable
 
 Registered reward functions (`REWARD_FUNCTIONS`): accuracy, consistency, efficiency, format,
-helpful, instruction_following, over_refusal, refusal, repetition, routed, safety,
-task_aware, textual_key, value, visual_focus, visual_key.
+helpful, instruction_following, learned_verifier, over_refusal, refusal, repetition, routed,
+safety, task_aware, textual_key, value, visual_focus, visual_key.
+
+Learned verifiers (reward models, generative judges) are configured with `verifier_spec`:
+    {"fn": "task_aware", "kwargs": {"safety": verifier_spec("safety", "/ckpt/safety_rm")}}
 """
 
 from cosmojax.rewards.accuracy import (ANSWER_TYPES, check_answer, choice_index, math_equal,
@@ -17,6 +20,9 @@ from cosmojax.rewards.base import (REWARD_FUNCTIONS, RewardFn, RewardFunction,
 from cosmojax.rewards.evaluator import RewardEvaluator, RewardResults
 from cosmojax.rewards.instructions import (INSTRUCTION_CHECKERS, InstructionChecker,
                                            check_instruction, parse_instruction)
+from cosmojax.rewards.learned import (MODEL_KINDS, SCORE_TRANSFORMS, VERIFIER_CACHE,
+                                      VERIFIER_TEMPLATES, VerifierCache, learned_verifier,
+                                      load_verifier, verifier_spec)
 from cosmojax.rewards.matching import coverage, fact_covered, numbers, tokens, word_count
 from cosmojax.rewards.parsing import DEFAULT_TAGS, ParsedResponse, parse_response
 from cosmojax.rewards.perception import coverage_level

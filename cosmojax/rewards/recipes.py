@@ -264,7 +264,8 @@ def cosmo_rl_recipe(tags: Sequence[str] = ("think", "answer")) -> dict[str, Any]
 
   Equal weights (each objective is normalized over the group before combination, so the
   weights set relative influence). Task-Aware uses rule-based verifiers; a learned one
-  replaces them with e.g. `objectives.task_aware.kwargs.routes.value = "value_rm"`.
+  replaces them with e.g.
+  `objectives.task_aware.kwargs.routes.value = verifier_spec("value", "/ckpt/value_rm")`.
   """
   tags = tuple(tags)
   all_four = {"format": 1.0, "visual_focus": 1.0, "helpful": 1.0, "task_aware": 1.0}

@@ -4,7 +4,9 @@ Task-Aware term, and the efficiency term conditioned on correctness.
 Sub-functions are named by specs (`base.make_reward_function`), so a learned verifier
 registered in `REWARD_FUNCTIONS` replaces a rule-based one by a config change:
 
-    {"fn": "task_aware", "kwargs": {"safety": "safety_rm"}}
+    {"fn": "task_aware", "kwargs": {"safety": verifier_spec("safety", "/ckpt/safety_rm")}}
+
+(`cosmojax.rewards.learned.verifier_spec` builds the spec of a learned verifier.)
 """
 
 from __future__ import annotations

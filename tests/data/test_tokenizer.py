@@ -69,3 +69,15 @@ def test_bad_inputs_are_named():
     tokenizer_lib.build_tokenizer(vocabulary=["two words"])
   with pytest.raises(ValueError, match="unknown tokenizer kind 'sentencepiece'"):
     tokenizer_lib.build_tokenizer(kind="sentencepiece")
+
+
+def test_loads_unchanged_next_to_a_model_checkpoint(tmp_path):
+  """A qwen2 config.json in the same directory must not turn the word-level tokenizer into
+  transformers' Qwen2Tokenizer (which AutoTokenizer alone would pick)."""
+  common.tiny_qwen2_hf_config().save_pretrained(str(tmp_path))
+  tok = common.tiny_tokenizer()
+  tok.save_pretrained(str(tmp_path))
+  loaded = tokenizer_lib.load_tokenizer(str(tmp_path))
+  text = "How many circles are there?"
+  assert loaded(text, add_special_tokens=False)["input_ids"] == tok(
+      text, add_special_tokens=False)["input_ids"]
