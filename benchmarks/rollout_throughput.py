@@ -1,6 +1,7 @@
 """Sampling throughput: cosmojax's jitted rollout engine against transformers `generate()`.
 
     PYTHONPATH=. python benchmarks/rollout_throughput.py [--batch 32] [--new-tokens 64]
+        [--group-size 1] [--repeats 3]
 
 Both load the same random small Qwen2.5-VL (text: hidden 256, 4 layers, vocab 4096; vision:
 hidden 128, depth 4, 14 px patches merged 2x2), saved by transformers `save_pretrained` into a
@@ -9,7 +10,10 @@ temporary directory, and sample the same prompts (one 56x56 image each: a 4x4 pa
 no top-k / top-p, no EOS (every sample gets exactly --new-tokens tokens). Each side is
 warmed up once (compilation, allocator), then timed over --repeats calls from prompts to
 tokens (M-RoPE positions, vision tower, prefill, decode). torch uses as many threads as the
-process has CPUs. Prints new tokens per second for both and, last, `ratio=<ours/theirs>`.
+process has CPUs. With --group-size G each prompt gets G samples (ours: one prefill and one
+vision pass per prompt; transformers: `num_return_sequences=G`). Prints the load average
+(the figures depend on what else runs on the machine), new tokens per second for both and,
+last, `ratio=<ours/theirs>`.
 """
 
 from __future__ import annotations
@@ -72,14 +76,15 @@ def timed(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def run_ours(path, ids, mask, pixels, grids, new_tokens, repeats) -> float:
+def run_ours(path, ids, mask, pixels, grids, new_tokens, group_size, repeats) -> float:
   from cosmojax import models, rollout, types
 
   model = models.from_pretrained(path)
   engine = rollout.JaxRolloutEngine(model, pad_id=PAD, completion_buckets=(new_tokens,))
   batch = types.PromptBatch(input_ids=ids, attention_mask=mask, pixel_values=pixels,
                             image_grid_thw=grids, task_ids=None, example_mask=None)
-  config = rollout.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
+  config = rollout.SamplingConfig(group_size=group_size, max_new_tokens=new_tokens,
+                                  temperature=1.0)
   calls = iter(range(10**6))
 
   def generate():
@@ -92,7 +97,7 @@ def run_ours(path, ids, mask, pixels, grids, new_tokens, repeats) -> float:
   return seconds
 
 
-def run_transformers(path, ids, mask, pixels, grids, new_tokens, repeats) -> float:
+def run_transformers(path, ids, mask, pixels, grids, new_tokens, group_size, repeats) -> float:
   import torch
   from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -106,8 +111,8 @@ def run_transformers(path, ids, mask, pixels, grids, new_tokens, repeats) -> flo
     with torch.inference_mode():
       out = model.generate(**inputs, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           pad_token_id=PAD)
-    assert out.shape[1] == ids.shape[1] + new_tokens, out.shape
+                           num_return_sequences=group_size, pad_token_id=PAD)
+    assert out.shape == (len(ids) * group_size, ids.shape[1] + new_tokens), out.shape
 
   return timed(generate, repeats)
 
@@ -116,6 +121,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--new-tokens", type=int, default=64)
+  parser.add_argument("--group-size", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
   import torch
@@ -126,12 +132,15 @@ def main():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     Qwen2_5_VLForConditionalGeneration(hf_config()).save_pretrained(path)
-    ours = run_ours(path, ids, mask, pixels, grids, args.new_tokens, args.repeats)
-    theirs = run_transformers(path, ids, mask, pixels, grids, args.new_tokens, args.repeats)
-  tokens = args.batch * args.new_tokens
-  print(f"device: {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} CPUs; "
-        f"batch {args.batch} prompts (prompt length {ids.shape[1]}), {args.new_tokens} new "
-        f"tokens each, median of {args.repeats} after warm-up")
+    load = os.getloadavg()[0]
+    run = (path, ids, mask, pixels, grids, args.new_tokens, args.group_size, args.repeats)
+    ours = run_ours(*run)
+    theirs = run_transformers(*run)
+  tokens = args.batch * args.group_size * args.new_tokens
+  print(f"device: {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} CPUs, load "
+        f"average {load:.1f} -> {os.getloadavg()[0]:.1f}; {args.batch} prompts (length "
+        f"{ids.shape[1]}) x {args.group_size} samples, {args.new_tokens} new tokens each, "
+        f"median of {args.repeats} after warm-up")
   print(f"cosmojax JaxRolloutEngine: {tokens / ours:.1f} new tokens/s ({ours:.3f} s)")
   print(f"transformers generate():   {tokens / theirs:.1f} new tokens/s ({theirs:.3f} s)")
   print(f"ratio={theirs / ours:.2f}")

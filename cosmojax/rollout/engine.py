@@ -15,6 +15,11 @@ up to `prompt_buckets` (left padding) and the completion length to `completion_b
 (T_n >= max_new_tokens; max_new_tokens, temperature and top_p are traced values). The engine
 counts compilations per entry point (`compilations`) and logs each new shape.
 
+Rows of padding prompts (example_mask False) start done: they generate nothing (length 0)
+and do not keep the loop running. The image placeholder id is never sampled (see
+`JaxRolloutEngine`'s `suppressed_ids`). Sampling draws one uniform per row and step
+(inverse CDF, `sampling.sample_tokens`).
+
 Sharding: with a mesh, the prompt batch (and so the N = B * G samples, the cache and the
 outputs) is split over the data-parallel axes (data, fsdp); parameters follow their logical
 axis names (`cosmojax.parallel.state_shardings`); image patches are replicated.

@@ -157,6 +157,19 @@ def test_each_prompt_alone_gives_the_batch_completions(engine, greedy):
     np.testing.assert_array_equal(out.position_ids[:, 0], greedy.position_ids[:, i])
 
 
+def test_padding_prompts_are_not_generated(engine, batch, greedy):
+  padded = batch.replace(example_mask=np.array([True, True, True, False]),
+                         task_ids=np.array([0, 1, 2, -1], np.int32))
+  out = engine.generate(padded, jax.random.key(0), GREEDY)
+  np.testing.assert_array_equal(out.tokens[:3], greedy.tokens[:3])
+  np.testing.assert_array_equal(out.sample_mask, [True, True, True, False])
+  np.testing.assert_array_equal(out.lengths, [TN, TN, TN, 0])
+  np.testing.assert_array_equal(out.truncated, [True, True, True, False])
+  np.testing.assert_array_equal(out.tokens[3, TP:], 0)
+  np.testing.assert_array_equal(out.logprobs[3], 0.0)
+  assert int(out.task_ids[3]) == -1
+
+
 def _expected_ends(free, eos_ids, stop):
   """(length, stopped) per row of free-running greedy tokens [B, TN]."""
   ends = []
@@ -247,7 +260,8 @@ def test_vision_tower_and_prefill_run_once_per_prompt_not_per_sample(engine, bat
   assert calls == [("encode_images", (64, common.TINY_PATCH_DIM))]
 
 
-def test_sharded_generation_over_eight_devices_matches_one_device(model, batch, greedy):
+def test_sharded_generation_over_eight_devices_matches_one_device(model, batch, greedy,
+                                                                 sampled):
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   engine = rollout.JaxRolloutEngine(model, pad_id=0, mesh=mesh, prompt_buckets=(TP,),
                                     completion_buckets=(TN,))
@@ -255,6 +269,10 @@ def test_sharded_generation_over_eight_devices_matches_one_device(model, batch, 
   np.testing.assert_array_equal(out.tokens, greedy.tokens)
   np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-4)
   np.testing.assert_array_equal(out.position_ids, greedy.position_ids)
+  # Sampling too: the random draws do not depend on how the samples are sharded.
+  out_sampled = engine.generate(batch, jax.random.key(1), SAMPLED)
+  np.testing.assert_array_equal(out_sampled.tokens, sampled.tokens)
+  np.testing.assert_allclose(out_sampled.logprobs, sampled.logprobs, atol=1e-4)
   rows = NamedSharding(mesh, parallel.batch_spec(2))
   assert out.tokens.sharding.is_equivalent_to(rows, 2)
   assert len(out.tokens.addressable_shards) == 8
