@@ -239,3 +239,80 @@ class BatchMeta:
   def tasks(self) -> tuple[str, ...]:
     """Task names per row ("" on padding rows)."""
     return tuple(e.task if e is not None else "" for e in self.examples)
+
+
+# --- Rollouts produced by the sampler (cosmojax.rollout) ------------------------------------
+#
+# N = B * G samples: prompt b of the PromptBatch gives the G consecutive samples
+# b*G .. b*G + G - 1. T_p is the (bucketed) prompt length, T_n the completion-length bucket
+# (>= the max_new_tokens asked for), T = T_p + T_n.
+
+
+@flax.struct.dataclass
+class Rollout:
+  """G sampled completions per prompt, with what rewards and the learner need.
+
+  Attributes:
+    tokens: [N, T] int32 prompt (left-padded) then completion; completion slots after a
+      sample's last token hold the pad id.
+    attention_mask: [N, T] int32, the prompt's mask then `completion_mask`: the mask of the
+      learner's full forward over prompt + completion.
+    completion_mask: [N, T_n] int32 over the completion part only (tokens[:, T_p:]): 1 on the
+      generated tokens, the EOS token or the tokens of a matched stop sequence included
+      (they were sampled, so they are trained), 0 after them. On the full sequence it is
+      `attention_mask[:, T_p:]`; the prompt part is never a completion.
+    logprobs: [N, T_n] float32 log-probability of each sampled token under the distribution
+      it was actually drawn from: softmax(logits / temperature) restricted to the top-k /
+      top-p set and renormalised (greedy: log_softmax(logits) at temperature 1, no filtering).
+      0 where completion_mask is 0.
+    position_ids: [3, N, T] int32 M-RoPE positions (temporal, height, width) of the full
+      sequence: the prompt's, then next_position + 0, 1, ... for the completion, where
+      next_position = max prompt position + 1 (all three rows equal there). Text-only
+      models have three equal rows.
+    prompt_index: [N] int32 row of the prompt batch each sample came from (b = n // G). The
+      samples of one prompt form one group: this is the `group_ids` of `cosmojax.rl`.
+    sample_index: [N] int32 index of the sample within its group (n % G).
+    lengths: [N] int32 completion lengths (= completion_mask.sum(-1)).
+    truncated: [N] bool, the sample hit max_new_tokens without EOS or a stop sequence.
+    task_ids: [N] int32 the prompt's task id (-1 on padding prompts).
+    sample_mask: [N] bool, False for the samples of padding prompts (example_mask False);
+      those are never generated (length 0).
+    pixel_values: [P, patch_dim] the prompt batch's image patches (per prompt, not per
+      sample: the learner encodes them once and expands them with
+      `cosmojax.rollout.per_sample_image_embeds`).
+    image_grid_thw: [I, 3] int32 the prompt batch's image grids (zero rows are padding).
+    vision_meta: the host-computed `cosmojax.models.VisionMeta` of those images (padded to
+      P patches), or None without image patches.
+    group_size: G (static: not a pytree leaf).
+  """
+
+  tokens: Any
+  attention_mask: Any
+  completion_mask: Any
+  logprobs: Any
+  position_ids: Any
+  prompt_index: Any
+  sample_index: Any
+  lengths: Any
+  truncated: Any
+  task_ids: Any
+  sample_mask: Any
+  pixel_values: Any = None
+  image_grid_thw: Any = None
+  vision_meta: Any = None
+  group_size: int = flax.struct.field(pytree_node=False, default=1)
+
+  @property
+  def group_ids(self) -> Any:
+    """[N] group of each sample (= prompt_index), for `cosmojax.rl.compute_advantages`."""
+    return self.prompt_index
+
+  @property
+  def prompt_length(self) -> int:
+    """T_p: completions start at tokens[:, prompt_length]."""
+    return self.tokens.shape[1] - self.logprobs.shape[1]
+
+  @property
+  def completion_tokens(self) -> Any:
+    """[N, T_n] the completion part of `tokens`."""
+    return self.tokens[:, self.prompt_length:]

@@ -333,3 +333,63 @@ def trained_preference_model():
                                          preference_pairs("train"),
                                          rm.RMTrainConfig(**PREF_TRAIN_CONFIG))
   return model, history, time.perf_counter() - start
+
+
+# =============================================================================================
+# rollout: a tiny Qwen2.5-VL with O(1) logits, and prompt batches of text and images
+# =============================================================================================
+
+
+def tiny_rollout_model(seed: int = 0, text_only: bool = False):
+  """A random tiny cosmojax Qwen2.5-VL (or its text-only Qwen2 decoder) of vocabulary
+  TINY_VOCAB (the image/vision ids of `image_prompt`), init range TINY_INIT_RANGE so that
+  logits are O(1) and argmaxes are not near-ties."""
+  import dataclasses
+
+  from flax import nnx
+
+  from cosmojax import models
+
+  config = models.tiny_qwen2_5_vl_config(vocab_size=TINY_VOCAB)
+  text = dataclasses.replace(config.text, initializer_range=TINY_INIT_RANGE)
+  if text_only:
+    return models.Qwen2ForCausalLM(dataclasses.replace(text, mrope_section=None),
+                                   rngs=nnx.Rngs(seed))
+  vision = dataclasses.replace(config.vision, initializer_range=TINY_INIT_RANGE)
+  return models.Qwen2_5_VL(dataclasses.replace(config, text=text, vision=vision),
+                           rngs=nnx.Rngs(seed))
+
+
+# Prompts of the rollout tests: text only, one image, two images of different sizes, long text.
+ROLLOUT_PROMPTS = (
+    ([10, 11, 12], ()),
+    ([20, (1, 4, 4), 21, 22, 23], ((1, 4, 4),)),
+    ([30, (1, 4, 4), 31, (1, 4, 8), 32], ((1, 4, 4), (1, 4, 8))),
+    (list(range(40, 56)), ()),
+)
+
+
+def rollout_prompt_batch(prompts=ROLLOUT_PROMPTS, *, num_patches: int | None = None,
+                         num_images: int | None = None, seed: int = 0):
+  """A left-padded `PromptBatch` of `(parts, grids)` prompts (parts as `image_prompt`), with
+  random patches (prompt i's from `random_patches(grids, seed + i)`), optionally padded to
+  `num_patches` patch rows and `num_images` grid rows. Also returns the per-prompt patches."""
+  from cosmojax import types
+
+  ids, mask = left_pad([image_prompt(parts) for parts, _ in prompts])
+  patches = [random_patches(grids, seed + i) if grids else np.zeros((0, TINY_PATCH_DIM),
+                                                                      np.float32)
+             for i, (_, grids) in enumerate(prompts)]
+  grids = [g for _, gs in prompts for g in gs]
+  pixels = np.concatenate(patches)
+  p = len(pixels) if num_patches is None else num_patches
+  i = len(grids) if num_images is None else num_images
+  pixel_values = np.zeros((p, TINY_PATCH_DIM), np.float32)
+  pixel_values[:len(pixels)] = pixels
+  image_grid_thw = np.zeros((i, 3), np.int32)
+  image_grid_thw[:len(grids)] = np.asarray(grids, np.int32).reshape(-1, 3)
+  batch = types.PromptBatch(input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
+                            pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                            task_ids=np.arange(len(prompts), dtype=np.int32),
+                            example_mask=np.ones(len(prompts), bool))
+  return batch, patches
