@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
 from ml_collections import config_flags
 
 from cosmojax.experiment import run
@@ -37,5 +38,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  config_flags.mark_flags_as_required(["config"])
+  flags.mark_flags_as_required(["config"])
   app.run(main)

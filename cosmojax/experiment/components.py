@@ -36,7 +36,8 @@ class Components:
   pad_id: int
   image_processor: ImageProcessor
   model_config: Any
-  formatter: ChatFormatter
+  sft_formatter: ChatFormatter  # examples with targets, up to data.max_length tokens
+  prompt_formatter: ChatFormatter  # prompts, up to the largest prompt length bucket
   task_names: tuple[str, ...]
   prompt_sources: dict[str, Any]  # name -> random-access examples (RL prompts)
   sft_sources: dict[str, Any]  # name -> random-access examples with targets
@@ -110,8 +111,9 @@ def build_components(spec: ExperimentSpec) -> Components:
   ids = qwen_token_ids(tokenizer)
   processor = build(ImageProcessor, spec.image, "image")
   model_config = _model_config(spec, tokenizer, processor)
-  formatter = ChatFormatter(tokenizer, processor, max_length=spec.data.max_length,
-                            max_images_per_example=spec.data.max_images_per_example)
+  formatter = lambda length: ChatFormatter(
+      tokenizer, processor, max_length=length,
+      max_images_per_example=spec.data.max_images_per_example)
   if suite is not None:
     prompts, sft, evals = _suite_data(spec, suite)
     task_names = tuple(synthetic.TASK_NAMES)
@@ -122,7 +124,9 @@ def build_components(spec: ExperimentSpec) -> Components:
                               {e.task for e in evals}))
   return Components(
       spec=spec, tokenizer=tokenizer, eos_ids=(ids.im_end, ids.pad), pad_id=ids.pad,
-      image_processor=processor, model_config=model_config, formatter=formatter,
+      image_processor=processor, model_config=model_config,
+      sft_formatter=formatter(spec.data.max_length),
+      prompt_formatter=formatter(spec.data.prompt_length_buckets[-1]),
       task_names=task_names, prompt_sources=prompts, sft_sources=sft, eval_examples=evals,
       mesh=make_mesh(**spec.mesh))
 
@@ -178,16 +182,17 @@ def stage_batches(c: Components, stage: StageSpec, seed: int) -> grain.IterDatas
   else:
     sources = _jailbreak(stage, c.prompt_sources, seed)
     weights, spec, mode = dict(stage.mixture), c.prompt_spec(stage.prompts_per_step), "prompt"
+  formatter = c.sft_formatter if mode == "sft" else c.prompt_formatter
   unknown = sorted(set(weights) - set(sources))
   if unknown:
     raise ValueError(f"config stages.{stage.name}.mixture names unknown sources {unknown}; "
                      f"known: {sorted(sources)}")
-  return build_pipeline(sources, weights, c.formatter, spec, mode=mode, seed=seed,
+  return build_pipeline(sources, weights, formatter, spec, mode=mode, seed=seed,
                         task_names=c.task_names, position_fn=c.position_fn)
 
 
 def evaluation_batches(c: Components) -> Callable[[], Any]:
   """A fresh ordered pass over the held-out prompts, each time it is called."""
   spec = c.prompt_spec(c.spec.eval.batch_size)
-  return lambda: eval_batches(c.eval_examples, c.formatter, spec, task_names=c.task_names,
+  return lambda: eval_batches(c.eval_examples, c.prompt_formatter, spec, task_names=c.task_names,
                               position_fn=c.position_fn)

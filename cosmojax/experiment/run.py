@@ -34,6 +34,7 @@ from cosmojax.train_state import TrainState
 
 _log = logging.getLogger(__name__)
 _TAGS = ("description", "think", "answer")
+_EVAL_STREAM = 2**31 - 1  # fold_in data of the evaluation key (training folds in steps)
 
 
 def _recipe(stage: StageSpec) -> Mapping[str, Any]:
@@ -141,7 +142,7 @@ class Run:
         self.c, {"greedy": True, "max_new_tokens": self.spec.eval.max_new_tokens},
         "eval")
     return evaluate(self.engine, self.eval_batches(), self.c.tokenizer, sampling,
-                    jax.random.fold_in(self.key, -1), tags=_TAGS)
+                    jax.random.fold_in(self.key, _EVAL_STREAM), tags=_TAGS)
 
   def __call__(self) -> dict[str, dict[str, Metric]]:
     spec = self.spec

@@ -117,12 +117,31 @@ class RLTrainer:
                                      adv.sample_mask, ref_logp)
     state, update_metrics = learner_lib.update(state, batch, key_update, self.config)
     metrics = {
-        **{f"learner/{k}": v for k, v in update_metrics.items()},
-        **{f"advantages/{k}": v for k, v in adv.stats.items()},
+        **_per_objective("learner", update_metrics, rewards.names),
+        **_per_objective("advantages", adv.stats, rewards.names),
         **_reward_metrics(rewards, examples),
         **rollout_metrics(rollout),
     }
     return RLStepResult(state, metrics, tuple(completions), examples, rewards)
+
+
+def _per_objective(prefix: str, metrics: dict[str, Any], names: Sequence[str]
+                   ) -> dict[str, Any]:
+  """Scalars as `prefix/name`; per-objective vectors [K] as `prefix/name/<objective>` (a
+  vector of one combined column as `prefix/name`)."""
+  out = {}
+  for key, value in jax.device_get(metrics).items():
+    value = np.asarray(value)
+    if value.ndim == 0:
+      out[f"{prefix}/{key}"] = value
+    elif value.shape == (1,):
+      out[f"{prefix}/{key}"] = value[0]
+    elif value.shape == (len(names),):
+      out.update({f"{prefix}/{key}/{n}": v for n, v in zip(names, value)})
+    else:
+      raise ValueError(f"metric {prefix}/{key} has shape {value.shape}; expected a scalar or "
+                       f"one value per objective {tuple(names)}.")
+  return out
 
 
 def _reward_metrics(rewards: RewardMatrix, examples: Sequence[types.Example | None]
