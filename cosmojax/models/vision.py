@@ -9,9 +9,12 @@ pytree as an input. So one compiled tower serves every mix of image sizes with t
 count, and with `pad_to` (patch rows padded with zeros, padding attends only to padding) every
 batch padded to the same length.
 
-Attention inside the tower is dense over all patches with a segment mask (patch i sees patch j
-iff they share a window, or an image frame in the full-attention blocks): exact, simple, and
-cheap at the image sizes of the CPU demo; O(patches^2) memory for large images.
+Attention inside the tower is segment attention: patch i sees patch j iff they share a window
+(windowed blocks) or an image frame (full-attention blocks). Segments are contiguous runs of
+patches in window order, so a block of queries only needs the keys within one segment length
+on either side: `segment_attention` computes exactly that band, O(patches x (block + 2 band))
+instead of O(patches^2). The band (the longest segment, rounded up to a power of two so that
+few values compile) is host-side metadata like the segments themselves.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import numpy as np
 from flax import nnx
 
 from cosmojax.models.configs import VisionConfig
-from cosmojax.models.layers import (Dense, Dtype, GatedMLP, RMSNorm, activation, apply_rope,
-                                    dot_product_attention, rope_inv_freq)
+from cosmojax.models.layers import (MASK_VALUE, Dense, Dtype, GatedMLP, RMSNorm, activation,
+                                    apply_rope, dot_product_attention, rope_inv_freq)
 from cosmojax.parallel import axes
 
 _VISION_NORM_EPS = 1e-6  # transformers hard-codes it for the vision blocks and the merger
@@ -39,6 +42,56 @@ class VisionMeta:
   window_segments: jax.Array  # [patches] int: window id (padding: -1)
   full_segments: jax.Array  # [patches] int: image-frame id (padding: -1)
   merge_unperm: jax.Array  # [patches / merge_unit] int: merged window order -> input order
+  # Static: the longest window / image-frame segment, rounded up to a power of two (None:
+  # dense attention over all patches with the segment mask).
+  window_band: int | None = flax.struct.field(pytree_node=False, default=None)
+  full_band: int | None = flax.struct.field(pytree_node=False, default=None)
+
+
+def _band(longest: int) -> int:
+  """The static band for segments of at most `longest` patches: a power of two >= 8."""
+  return max(8, 1 << (int(longest) - 1).bit_length())
+
+
+_QUERY_BLOCK = 64  # queries per band block of `segment_attention`
+
+
+def segment_attention(q_pnh: jax.Array, k_pnh: jax.Array, v_pnh: jax.Array,
+                      segments_p: jax.Array, band: int | None, scale: float) -> jax.Array:
+  """softmax_j(scale q_i . k_j over j with segment[j] == segment[i]) . v_j.  # [p, heads, hd]
+
+  Segments must be contiguous runs of at most `band` patches (`vision_metadata` checks it).
+  Queries go in blocks of B = max(`_QUERY_BLOCK`, band); block b's queries [b B, b B + B)
+  can only see keys in [b B - band, b B + B + band): the previous block's last `band` keys,
+  its own block and the next block's first `band` keys. Those three are static slices of the
+  blocked keys (no gather, so the backward pass is slicing too): exact, and linear in the
+  number of patches. `band=None` falls back to dense masked attention.
+  """
+  p, n, h = q_pnh.shape
+  block = max(_QUERY_BLOCK, band or 0)
+  if band is None or p <= 3 * block:
+    mask = segments_p[:, None] == segments_p[None, :]
+    return dot_product_attention(q_pnh[None], k_pnh[None], v_pnh[None], mask[None], scale)[0]
+  nb = -(-p // block)
+  tail = nb * block - p
+
+  def blocked(x, value):  # [p, ...] -> [nb + 2, block, ...]: an empty block on each side
+    x = jnp.pad(x, ((block, tail + block),) + ((0, 0),) * (x.ndim - 1), constant_values=value)
+    return x.reshape((nb + 2, block) + x.shape[1:])
+
+  def spans(x):  # [nb + 2, block, ...] -> [nb, band + block + band, ...]
+    return jnp.concatenate([x[:-2, block - band:], x[1:-1], x[2:, :band]], axis=1)
+
+  # Padding keys (-2) and padding queries (-3) match no real segment.
+  k, v, seg_k = spans(blocked(k_pnh, 0)), spans(blocked(v_pnh, 0)), spans(blocked(segments_p, -2))
+  q = blocked(q_pnh, 0)[1:-1]
+  seg_q = blocked(segments_p, -3)[1:-1]
+  scores = jnp.einsum("bqnh,bsnh->bnqs", q, k, preferred_element_type=jnp.float32)
+  mask = seg_q[:, :, None] == seg_k[:, None, :]  # [nb, block, span]
+  scores = jnp.where(mask[:, None], scores * scale, MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_pnh.dtype)
+  out = jnp.einsum("bnqs,bsnh->bqnh", probs, v)
+  return out.reshape(nb * block, n, h)[:p]
 
 
 def _check_grid(image_grid_thw, m: int) -> np.ndarray:
@@ -120,6 +173,9 @@ def vision_metadata(image_grid_thw, config: VisionConfig, pad_to: int | None = N
                                     np.full(total - n, -1)]).astype(np.int32),
       merge_unperm=np.concatenate([np.argsort(window_index),
                                    np.arange(n // unit, total // unit)]).astype(np.int32),
+      # Segments are contiguous in window order; the longest bounds the attention band.
+      window_band=_band(np.diff(cu_window).max()),
+      full_band=_band((grid[:, 1] * grid[:, 2]).max()),
   )
 
 
@@ -139,11 +195,10 @@ class VisionAttention(nnx.Module):
     self.proj = Dense((n, h), (d,), (axes.VISION_HEADS, axes.HEAD_DIM, axes.VISION_EMBED),
                       bias_axes=(axes.VISION_EMBED,), **kw)
 
-  def __call__(self, x_pd, cos, sin, mask_pp):
-    q = apply_rope(self.q(x_pd), cos, sin)[None]
-    k = apply_rope(self.k(x_pd), cos, sin)[None]
-    out = dot_product_attention(q, k, self.v(x_pd)[None], mask_pp[None], self.scale)
-    return self.proj(out[0])
+  def __call__(self, x_pd, cos, sin, segments_p, band):
+    q = apply_rope(self.q(x_pd), cos, sin)
+    k = apply_rope(self.k(x_pd), cos, sin)
+    return self.proj(segment_attention(q, k, self.v(x_pd), segments_p, band, self.scale))
 
 
 class VisionBlock(nnx.Module):
@@ -156,8 +211,8 @@ class VisionBlock(nnx.Module):
                         stddev=c.initializer_range, dtype=dtype, param_dtype=param_dtype,
                         rngs=rngs)
 
-  def __call__(self, x_pd, cos, sin, mask_pp):
-    x_pd = x_pd + self.attn(self.norm1(x_pd), cos, sin, mask_pp)
+  def __call__(self, x_pd, cos, sin, segments_p, band):
+    x_pd = x_pd + self.attn(self.norm1(x_pd), cos, sin, segments_p, band)
     return x_pd + self.mlp(self.norm2(x_pd))
 
 
@@ -206,8 +261,9 @@ class VisionTower(nnx.Module):
     angle = jnp.concatenate([angle, angle], axis=-1)
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     win, full = jnp.asarray(meta.window_segments), jnp.asarray(meta.full_segments)
-    window_mask = win[:, None] == win[None, :]
-    full_mask = full[:, None] == full[None, :]
     for i, block in enumerate(self.blocks):
-      x = block(x, cos, sin, full_mask if i in c.fullatt_block_indexes else window_mask)
+      if i in c.fullatt_block_indexes:
+        x = block(x, cos, sin, full, meta.full_band)
+      else:
+        x = block(x, cos, sin, win, meta.window_band)
     return self.merger(x)[meta.merge_unperm]
