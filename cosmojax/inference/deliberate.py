@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import jax
 
@@ -17,7 +17,8 @@ from cosmojax.rollout.base import RolloutEngine
 MethodConfig = Union[InterventionConfig, SearchConfig]
 
 
-def deliberate(engine: RolloutEngine, prompts: PromptBuilder, examples: Sequence[types.Example],
+def deliberate(engine: RolloutEngine, prompts: PromptBuilder | Any,
+               examples: Sequence[types.Example],
                config: MethodConfig, scorer: ScorerSpec | None, key: jax.Array, *,
                hook: HumanHook | None = None) -> list[DeliberationResult]:
   """Responses to `examples`, reasoned step by step under a step verifier.
@@ -30,7 +31,8 @@ def deliberate(engine: RolloutEngine, prompts: PromptBuilder, examples: Sequence
   Args:
     engine: the policy's rollout engine (`JaxRolloutEngine`, or any `RolloutEngine`).
     prompts: builds prompt batches of (example, partial response) rows; holds the policy's
-      tokenizer, which decodes steps and encodes inserted text.
+      tokenizer, which decodes steps and encodes inserted text. A tokenizer instead stands
+      for `PromptBuilder.create(tokenizer)` (text-only prompts, its default shapes).
     examples: the prompts to answer (a final assistant turn, if any, is ignored).
     config: `InterventionConfig`: step-wise generation with value-guided intervention (and
       the human-in-the-loop hook); `SearchConfig`: beam search with step-level verification.
@@ -43,6 +45,11 @@ def deliberate(engine: RolloutEngine, prompts: PromptBuilder, examples: Sequence
   Returns:
     One `DeliberationResult` per example, in order.
   """
+  if not isinstance(prompts, PromptBuilder):
+    if not hasattr(prompts, "apply_chat_template"):
+      raise TypeError(f"deliberate: prompts must be a PromptBuilder or a tokenizer with a chat "
+                      f"template; got {type(prompts).__name__}")
+    prompts = PromptBuilder.create(prompts)
   step_scorer = None if scorer is None else make_step_scorer(scorer)
   if isinstance(config, SearchConfig):
     if hook is not None:

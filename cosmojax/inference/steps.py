@@ -27,9 +27,11 @@ step re-prefills prompt + partial response. Reuse would need the engine to hand 
 and forth, to gather cache rows when beams fork or die, and to prefill the inserted text of
 interventions and edits into a cache in the middle of a response; none of that fits the
 pure, static-shape `RolloutEngine.generate(batch, key, config)` interface that external
-engines implement too (and those usually cache prefixes themselves). Prefill is one parallel
-forward pass, so re-prefill costs about one extra decode step's worth of latency per step,
-and its FLOPs grow with the square of the number of steps of a response.
+engines implement too (and those usually cache prefixes themselves). The cost: one forward
+pass over prompt + partial response per step (parallel over its tokens, unlike decoding), so
+the prefill compute of a response grows with the square of its number of steps; with many
+short steps of a long response it can dominate, and a cache-reusing engine would remove it.
+The vision tower likewise re-encodes an example's images at every step.
 
 Static shapes: rows are collated into batches of `BatchSpec.batch_size` rows (padding rows
 generate nothing) and left-padded to the smallest length bucket that holds the prompt plus

@@ -119,3 +119,14 @@ def test_greedy_steps_continue_exactly_as_one_uninterrupted_decode(
   reference, delimiter = oneshot_greedy[0], greedy_step.delimiters[0]
   end = next(i for i in range(1, 4) if delimiter in tokenizer.decode(reference[:i]))
   assert results[0].steps[0].token_ids == tuple(reference[:end])
+
+
+def test_deliberate_takes_a_tokenizer_for_default_prompt_batches(engine, tokenizer, examples,
+                                                                 greedy_step, oneshot_greedy):
+  config = inference.InterventionConfig(greedy_step, threshold=-math.inf)
+  results = inference.deliberate(engine, tokenizer, examples[:1], config, None,
+                                 jax.random.key(0))
+  ids = list(results[0].token_ids)
+  assert ids and ids == oneshot_greedy[0][:len(ids)]
+  with pytest.raises(TypeError, match="PromptBuilder or a tokenizer"):
+    inference.deliberate(engine, object(), examples, config, None, jax.random.key(0))
