@@ -393,3 +393,55 @@ def rollout_prompt_batch(prompts=ROLLOUT_PROMPTS, *, num_patches: int | None = N
                             task_ids=np.arange(len(prompts), dtype=np.int32),
                             example_mask=np.ones(len(prompts), bool))
   return batch, patches
+
+
+# =============================================================================================
+# inference: a tiny text policy whose every sampled token decodes to text, and its prompts
+# =============================================================================================
+
+INFERENCE_WORDS = ("Wait this request could cause harm The answer is red blue green yes no "
+                   "Is it safe").split()
+INFERENCE_QUESTIONS = ("Is the answer red", "Is it safe", "blue or green")
+
+
+@functools.lru_cache(maxsize=None)
+def inference_tokenizer():
+  """A word-level chat tokenizer (no default system prompt) over INFERENCE_WORDS, the answer
+  tags and the preference set's judge words. Shared: do not mutate."""
+  from cosmojax.data import tokenizer  # pylint: disable=g-import-not-at-top
+
+  return tokenizer.build_tokenizer(vocabulary=INFERENCE_WORDS,
+                                   corpus=["<answer> </answer>", "yes Yes no No"], kind="word",
+                                   default_system=None)
+
+
+def inference_vocab_size() -> int:
+  """The policy's vocabulary: the tokenizer's, rounded up to a multiple of 8."""
+  return -(-len(inference_tokenizer()) // 8) * 8
+
+
+def inference_suppressed_ids() -> tuple[int, ...]:
+  """Ids the tiny policy never samples: special tokens other than <|im_end|> (eos, id 2),
+  <unk>, and the padding ids above the tokenizer's vocabulary (they decode to nothing)."""
+  return (0, 1, 3, 4, 5, 6, 7) + tuple(range(len(inference_tokenizer()),
+                                             inference_vocab_size()))
+
+
+def inference_policy(seed: int = 0):
+  """A random tiny Qwen2 text policy over `inference_tokenizer()`, init range TINY_INIT_RANGE
+  (O(1) logits, so argmaxes are not near-ties)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from cosmojax import models  # pylint: disable=g-import-not-at-top
+
+  config = models.tiny_qwen2_config(vocab_size=inference_vocab_size(),
+                                    initializer_range=TINY_INIT_RANGE)
+  return models.Qwen2ForCausalLM(config, rngs=nnx.Rngs(seed))
+
+
+def inference_examples(questions=INFERENCE_QUESTIONS) -> list:
+  """One text-only `Example` per question (task "qa")."""
+  from cosmojax import types  # pylint: disable=g-import-not-at-top
+
+  return [types.Example(id=f"q{i}", task="qa", messages=(types.text_message("user", q),))
+          for i, q in enumerate(questions)]
