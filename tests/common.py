@@ -71,8 +71,10 @@ def tiny_examples(task: str, n: int, *, num_images: int = 0, seed: int = 0) -> l
 
 
 def dark_mask(image: np.ndarray) -> np.ndarray:
-  """True where a pixel is not white.  # [H, W] bool"""
-  return ~(np.asarray(image) == 255).all(-1)
+  """True where a pixel is not the suite's background colour (ink).  # [H, W] bool"""
+  from cosmojax.data.synthetic_lexicon import BACKGROUND  # pylint: disable=g-import-not-at-top
+
+  return ~(np.asarray(image) == np.asarray(BACKGROUND, np.uint8)).all(-1)
 
 
 def word_is_drawn(image: np.ndarray, word: str, font_size: int) -> bool:
@@ -85,7 +87,10 @@ def word_is_drawn(image: np.ndarray, word: str, font_size: int) -> bool:
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
 
   font = ImageFont.load_default(size=font_size)
-  canvas = Image.new("RGB", (int(font.getlength(word)) + 2 * font_size, 3 * font_size), "white")
+  from cosmojax.data.synthetic_lexicon import BACKGROUND  # pylint: disable=g-import-not-at-top
+
+  canvas = Image.new("RGB", (int(font.getlength(word)) + 2 * font_size, 3 * font_size),
+                     BACKGROUND)
   draw = ImageDraw.Draw(canvas)
   draw.fontmode = "1"
   draw.text((font_size, font_size), word, font=font, fill=(0, 0, 0))

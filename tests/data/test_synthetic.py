@@ -13,6 +13,7 @@ from cosmojax import types
 from cosmojax.data import synthetic
 from cosmojax.data import synthetic_lexicon as lex
 from cosmojax.data.synthetic_tasks import split_of
+from tests import common
 
 CONFIG = synthetic.SuiteConfig(image_size=84)
 TARGET_RE = re.compile(
@@ -99,7 +100,7 @@ def test_split_of_holds_out_the_configured_fraction():
 
 def pixel_scene(image: np.ndarray) -> collections.Counter:
   """(colour, shape) of every shape, read from the pixels alone."""
-  labels, n = ndimage.label(~(image == 255).all(-1), structure=np.ones((3, 3)))
+  labels, n = ndimage.label(common.dark_mask(image), structure=np.ones((3, 3)))
   names = {v: k for k, v in lex.COLOURS.items()}
   found = collections.Counter()
   for k in range(1, n + 1):
