@@ -65,7 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kind="synthetic",
       suite=dict(seed=0, image_size=84),
       examples_per_task=2000,  # RL prompt pool per task (train split)
-      sft_mix=dict(examples_per_task=256, refusal_fraction=0.25, jailbreak_fraction=0.0),
+      # SFT covers safety only in part, so that RL has something to improve: a quarter of the
+      # harmful text requests and a tenth of each jailbreak kind come with refusals. With no
+      # jailbreak refusals at all the policy never samples one and RL gets no signal there;
+      # with a quarter, SFT alone already refuses nearly all of them.
+      sft_mix=dict(examples_per_task=256, refusal_fraction=0.25, jailbreak_fraction=0.1),
       max_length=96,
       prompt_length_buckets=(48, 64),
       max_images_per_example=2,
@@ -76,18 +80,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.stage_order = ("sft", "rl_general", "rl_joint")
   c.stages = ml_collections.ConfigDict()
+  # The vision tower learns from scratch: the SFT policy only discriminates a harmful object
+  # from its benign look-alike after ~1000 steps (after 600, RL exploits "an image is shown"
+  # as a proxy for harm, in either direction). 3e-3 made the merger biases blow up and the
+  # image tokens carry almost no information; 2e-3 with warmup trains stably.
   c.stages.sft = dict(
       kind="sft",
-      steps=300,
+      steps=1000,
       batch_size=32,
-      optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=20, total_steps=300,
+      optimizer=dict(learning_rate=2e-3, schedule="cosine", warmup_steps=50, total_steps=1000,
                      final_lr_ratio=0.1, weight_decay=0.01),
   )
   c.stages.rl_general = _rl_stage(30, _GENERAL, jailbreak=None)
+  # Unsafe requests (harmful text + the three jailbreaks: 2.5) and benign probes that look
+  # alike (2.5) are balanced, so that refusing whatever shows an object or text image earns
+  # nothing on average: only telling harm apart does.
   c.stages.rl_joint = _rl_stage(
       40,
       {**_GENERAL, "harmful_text": 1.0, **{t: 0.5 for t in JAILBREAK_TASKS},
-       "benign_probe": 1.0, "value": 1.0},
+       "benign_probe": 2.5, "value": 1.0},
       # Unsafe requests are also disguised as multimodal jailbreaks on the fly, and benign
       # probes get the same disguises so that the disguise alone does not signal harm.
       jailbreak=dict(typographic_rate=0.2, query_image_rate=0.2, split_intent_rate=0.2,

@@ -17,8 +17,10 @@ import os
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from cosmojax import optim
 from cosmojax.checkpointing import Checkpointer, TrainingCheckpoint, abstract_target
@@ -52,6 +54,14 @@ def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return {k: np.asarray(v).tolist() for k, v in jax.device_get(dict(metrics)).items()}
 
 
+class _Stopped(Exception):
+  """Raised inside the step loop when `stop_after_step` is reached."""
+
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
+
+
 class Run:
   """The state of one experiment run (see the module docstring)."""
 
@@ -73,6 +83,7 @@ class Run:
   def _save(self, step: int, stage_index: int, state: TrainState | None, data_state: Any,
             local_step: int, completed: bool) -> None:
     meta = {"local_step": local_step, "completed": completed,
+            "updates": 0 if state is None else int(state.step),
             "evaluations": {s: metrics_to_scalars(m) for s, m in self.evaluations.items()}}
     self.checkpointer.save(TrainingCheckpoint(
         step=step, params=self.params if state is None else state.params,
@@ -81,20 +92,27 @@ class Run:
         stage_index=stage_index, data_state=data_state, rng=self.key, metadata=meta),
         force=True)
 
-  def _restore(self, tx) -> tuple[TrainingCheckpoint | None, Any]:
+  def _restore(self) -> TrainingCheckpoint | None:
+    """The newest checkpoint's parameters and metadata (the optimizer state is restored by
+    `_resume_state`, once the stage's optimizer exists), or None for a fresh run."""
     if not self.spec.resume or self.checkpointer.latest_step() is None:
-      return None, None
-    params_target = abstract_target(self.params, self.c.mesh)
-    latest = self.checkpointer.restore(params=params_target, opt_state=None)
-    opt_target = None
-    if not latest.metadata["completed"]:
-      opt_target = abstract_target(jax.eval_shape(tx(latest.stage_index).init, self.params),
-                                   self.c.mesh)
-      latest = self.checkpointer.restore(latest.step, params=params_target, opt_state=opt_target)
+      return None
+    latest = self.checkpointer.restore(params=abstract_target(self.params, self.c.mesh))
+    self.params = latest.params
     self.evaluations = {s: metrics_from_scalars(m)
                         for s, m in latest.metadata["evaluations"].items()}
     _log.info("resuming from step %d (stage %s)", latest.step, latest.stage)
-    return latest, latest.params
+    return latest
+
+  def _resume_state(self, latest: TrainingCheckpoint, state: TrainState) -> TrainState:
+    """`state` with the checkpoint's optimizer state and update count. The restore target is
+    the fresh state itself, so every array comes back with exactly the sharding a fresh run
+    has: the resumed steps then run the same executable, bit for bit."""
+    restored = self.checkpointer.restore(latest.step, params=abstract_target(state.params),
+                                         opt_state=abstract_target(state.opt_state))
+    step = jax.device_put(jnp.asarray(latest.metadata["updates"], jnp.int32),
+                          NamedSharding(self.c.mesh, PartitionSpec()))  # as update() returns it
+    return state.replace(params=restored.params, opt_state=restored.opt_state, step=step)
 
   # -- stages -----------------------------------------------------------------------------------
   def _trainer(self, stage: StageSpec):
@@ -114,7 +132,8 @@ class Run:
     return result.state, result.metrics
 
   def run_stage(self, i: int, state: TrainState, iterator, local_start: int,
-                writer: MetricWriter, progress: ProgressBar) -> TrainState:
+                writer: MetricWriter, progress: ProgressBar, stop_after_step: int | None
+                ) -> TrainState:
     stage = self.spec.stages[i]
     trainer = self._trainer(stage)
     progress.set_stage(stage.name)
@@ -132,6 +151,8 @@ class Run:
       progress.update(step, metrics)
       if step % self.spec.checkpoint_every == 0 and local + 1 < stage.steps:
         self._save(step, i, state, iterator.get_state(), local + 1, completed=False)
+      if step == stop_after_step:
+        raise _Stopped(step)
     if trainer is not None:
       trainer.rewarder.close()
     return state
@@ -144,12 +165,12 @@ class Run:
     return evaluate(self.engine, self.eval_batches(), self.c.tokenizer, sampling,
                     jax.random.fold_in(self.key, _EVAL_STREAM), tags=_TAGS)
 
-  def __call__(self) -> dict[str, dict[str, Metric]]:
+  def __call__(self, stop_after_step: int | None = None) -> dict[str, dict[str, Metric]]:
+    """Runs (or resumes) the stages; `stop_after_step` stops right after that global step, as
+    a preemption would (the next call resumes from the last checkpoint)."""
     spec = self.spec
     tx = lambda i: optim.make_optimizer(spec.stages[i].optimizer)
-    latest, params = self._restore(tx)
-    if params is not None:
-      self.params = params
+    latest = self._restore()
     first = 0 if latest is None else latest.stage_index
     writer = MetricWriter(spec.workdir, resume_step=None if latest is None else latest.step)
     progress = ProgressBar(self.offsets[-1], initial=0 if latest is None else latest.step)
@@ -160,10 +181,10 @@ class Run:
         iterator = iter(comp.stage_batches(self.c, stage, seed=spec.seed + i))
         local = 0
         if latest is not None and i == latest.stage_index and not latest.metadata["completed"]:
-          state = state.replace(opt_state=latest.opt_state)
+          state = self._resume_state(latest, state)
           iterator.set_state(latest.data_state)
           local = latest.metadata["local_step"]
-        state = self.run_stage(i, state, iterator, local, writer, progress)
+        state = self.run_stage(i, state, iterator, local, writer, progress, stop_after_step)
         self.params = state.params
         end = self.offsets[i + 1]
         if stage.evaluate:
@@ -173,6 +194,9 @@ class Run:
           print(f"\nEvaluation after {stage.name} (step {end}):\n"
                 f"{comparison_table(self.evaluations)}\n", flush=True)
         self._save(end, i + 1, None, None, 0, completed=True)
+    except _Stopped as stopped:
+      _log.info("stopped after step %d as asked; rerun to resume", stopped.step)
+      return self.evaluations
     finally:
       progress.close()
       writer.close()
@@ -181,6 +205,7 @@ class Run:
     return self.evaluations
 
 
-def run(config: Any) -> dict[str, dict[str, Metric]]:
-  """Runs an experiment config (see configs/cosmo_tiny.py) and returns the evaluations."""
-  return Run(experiment_spec(config))()
+def run(config: Any, *, stop_after_step: int | None = None) -> dict[str, dict[str, Metric]]:
+  """Runs (or resumes) an experiment config (see configs/cosmo_tiny.py) and returns the
+  evaluations; `stop_after_step` stops after that global step (see `Run.__call__`)."""
+  return Run(experiment_spec(config))(stop_after_step)
