@@ -74,16 +74,34 @@ def file_sources(data_dir: str, files: Mapping[str, tuple[str, str]], ext: str
           for name, (task, split) in files.items()}
 
 
+# Memory of the 7B configs, measured by compiling (not running) the steps for v5p chips with
+# experiments/aot_compile.py (float32 weights and Adam moments, bfloat16 compute, FSDP over
+# all chips; peak per chip of 95.7 GiB):
+#   SFT  8 sequences x 2048 tokens, text only,   8 chips:  76.2 GiB  (state 11.8, temp 63.6)
+#   SFT  8 x 2048, one 224 px image each,        8 chips:  90.8 GiB
+#   SFT  8 x 2048, one 448 px image each,        8 chips:  185 GiB of temporaries: no fit
+#   SFT  16 x 2048, text only,                  16 chips:  89.0 GiB  (state 5.9, temp 82.5)
+#   RL   8 x 1024 (512 prompt + 512 completion), 8 chips:  78.7 GiB
+#   RL   8 x 2048 (1024 + 1024),                 8 chips:  187 GiB of temporaries: no fit
+# So the batch sizes of the configs, which are the recipes', do not fit yet. The runner needs
+# first: activation sharding constraints in the model (XLA computes the MLP of the whole batch
+# on every chip, which is why 16 chips need more per chip than 8 at one sequence per chip);
+# batch sharding in the RL update (its minibatch rows are gathered with a traced
+# permutation, after which every chip runs every sequence); a vision tower that does not
+# attend densely over all patches of the batch on every chip; rematerialization and
+# gradient accumulation.
+
+
 def qwen2_5_vl_7b(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
   """The model, tokenizer, image, mesh, evaluation and checkpoint settings shared by the
-  Qwen2.5-VL-7B configs (args: model, workdir)."""
+  Qwen2.5-VL-7B configs (args: model, workdir); see the memory note above."""
   c.seed = 0
   c.workdir = args.workdir
   c.resume = True
   # FSDP over every chip: 8.3B parameters with float32 master weights and Adam moments are
   # 99 GB, 3.1 GB per chip of a v5p-64 slice (32 chips) or 12.4 GB per GPU of an 8 x H100
-  # node, and activations of a few sequences per device fit beside them without tensor
-  # parallelism (experiments/aot_compile.py measures it). data > 1 only pays across slices.
+  # node; tensor parallelism would only split activations, which the missing activation
+  # constraints (above) leave to XLA anyway. data > 1 only pays across slices.
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.model = dict(
       path=args.model,
@@ -93,10 +111,9 @@ def qwen2_5_vl_7b(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict)
       param_dtype="float32",
   )
   c.tokenizer = dict(path=args.model)  # Qwen's tokenizer and chat template ship with it
-  # Qwen2.5-VL's processor takes up to 1280 merged tokens per image; 256 to 1024 keeps the
-  # vision tower's dense patch attention within memory (an image of 1024 tokens is 4096
-  # patches) while keeping documents and charts legible.
-  c.image = dict(min_pixels=256 * 28 * 28, max_pixels=1024 * 28 * 28)
+  # Qwen2.5-VL's processor allows up to 1280 merged tokens per image; 256 (448 x 448 px)
+  # keeps charts and documents legible and the vision tower's cost bounded (see above).
+  c.image = dict(min_pixels=56 * 56, max_pixels=256 * 28 * 28)
   # Greedy decoding on the held-out split; answers with a description and reasoning need
   # room, but evaluation is only a progress check between stages.
   c.eval = dict(examples_per_task=256, batch_size=64, max_new_tokens=1024)

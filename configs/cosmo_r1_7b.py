@@ -30,13 +30,14 @@ The other sizes (prompts per step, lengths, SFT schedule, step counts) are our c
 explained where it is set.
 
 What the runner does not do yet (not faked here):
+  - fit these batch sizes: compiled for v5p, SFT of 8 x 2048 tokens with a 448 px image per
+    sequence needs 185 GiB per chip, the RL update of 8 x 2048 tokens 187 GiB (the memory
+    note in configs/common.py has the figures and what the runner needs first).
   - gradient accumulation: a minibatch of the RL update (prompts_per_step / num_minibatches
-    groups) is one forward/backward over all devices, so `num_minibatches` sets the per-device
-    batch; the SFT batch likewise.
-  - activation rematerialization: the decoder keeps every layer's activations for the
-    backward pass (see experiments/aot_compile.py for what fits).
-  - the Pallas log-prob kernels cannot be partitioned by XLA (they need a shard_map), so
-    `logprob_backend` is the chunked XLA path on every multi-device mesh.
+    groups) is one forward/backward over all devices; the SFT batch likewise.
+  - the Pallas log-prob kernels cannot be partitioned by XLA (compiling for v5p: "Mosaic
+    kernels cannot be automatically partitioned", they need a shard_map; the Triton GPU
+    kernels are custom calls too, not checked), so `logprob_backend` is the chunked XLA path.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def _rl_stage(args, steps: int, mixture: dict[str, float], jailbreak: dict | Non
   return dict(
       kind="rl",
       steps=steps,
-      # 128 prompts x 8 samples = 1024 completions per step, 4 optimizer steps of 32 groups:
-      # 256 sequences per step, 8 per chip on a v5p-64 (32 chips), 32 per GPU on 8 x H100.
+      # 128 prompts x 8 samples = 1024 completions per step, 4 optimizer steps of 32 groups
+      # (256 sequences: 8 per chip on a v5p-64, 32 chips; 32 per GPU on 8 x H100).
       prompts_per_step=128,
       mixture=mixture,
       recipe=recipe(args),
@@ -121,7 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # An SFT example: up to 1024 image tokens, the question and a reasoning target.
       max_length=4096,
       # RL prompts: an image and a question; two buckets so text-only prompts stay short.
-      prompt_length_buckets=(512, 1536),
+      prompt_length_buckets=(512, 1024),
       max_images_per_example=2,  # a jailbreak image comes on top of the original one
   )
 

@@ -31,9 +31,10 @@ without the drift term, seq-mean-token-mean aggregation, group-normalized advant
 What the runner does not do yet (not faked here):
   - KL to the reference model: the public script adds 0.001 x k3 KL to the initial policy;
     the experiment runner builds no reference policy, so kl_coef is 0 here.
-  - the public script's 8192-token generations: 4096 here, because the learner has neither
-    gradient accumulation nor activation rematerialization (experiments/aot_compile.py).
-  - the Pallas log-prob kernels under XLA partitioning (the XLA path is used).
+  - the public script's 8192-token generations: 4096 here, and even these batch sizes do
+    not fit yet (memory note in configs/common.py); no gradient accumulation.
+  - the Pallas log-prob kernels under XLA partitioning (the XLA path is used; see
+    configs/cosmo_r1_7b.py).
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def _rl_stage(args, steps: int, efficiency_weight: float) -> dict:
           # Every sample has one verifier (plus efficiency): its reward is group-normalized.
           advantage=dict(estimator="grpo", mode="sum_then_normalize"),
           num_epochs=1,
-          # 8 minibatches of 16 groups (128 sequences): the learner has no gradient
-          # accumulation, and 4096-token completions make each sequence long.
+          # 8 minibatches of 16 groups (128 sequences, 4 per chip on a v5p-64): the learner
+          # has no gradient accumulation, and 4096-token completions make sequences long.
           num_minibatches=8,
           logprob_backend="xla",
       ),
@@ -123,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kind="files",
       sources=common.file_sources(args.data, _FILES, args.ext),
       max_length=4096,  # an image, the question and a chain of thought
-      prompt_length_buckets=(512, 1536),
+      prompt_length_buckets=(512, 1024),
       max_images_per_example=1,
   )
 

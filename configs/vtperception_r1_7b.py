@@ -31,8 +31,9 @@ What the runner does not do yet (not faked here):
     the reward recipes nor the RL trainer apply it (reward functions see decoded text, not
     token counts). A truncated sample has no closed <answer>, so its accuracy and format
     rewards are 0 anyway.
-  - gradient accumulation and activation rematerialization (see configs/cosmo_r1_7b.py), and
-    the Pallas log-prob kernels under XLA partitioning (the XLA path is used).
+  - fit these batch sizes on v5p or H100 (memory note in configs/common.py), gradient
+    accumulation, and the Pallas log-prob kernels under XLA partitioning (the XLA path is
+    used; see configs/cosmo_r1_7b.py).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       sources=common.file_sources(args.data, _FILES, args.ext),
       # Description + reasoning + answer targets are long: 4096 tokens with the image.
       max_length=4096,
-      prompt_length_buckets=(512, 1536),
+      prompt_length_buckets=(512, 1024),
       max_images_per_example=1,
   )
 
