@@ -4,7 +4,9 @@ r"""CoSMo-RL on Qwen2.5-VL-7B-Instruct: SFT, RL stage 1 (general), RL stage 2 (s
     python experiments/train.py \
         --config=configs/cosmo_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/cosmo
     # learned outcome reward models for the Task-Aware term (else the rule-based verifiers)
-    python experiments/train.py --config=configs/cosmo_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/cosmo,safety_rm=/ckpt/safety_rm,value_rm=/ckpt/value_rm,knowledge_rm=/ckpt/knowledge_rm
+    RMS=safety_rm=/ckpt/safety_rm,value_rm=/ckpt/value_rm,knowledge_rm=/ckpt/knowledge_rm
+    python experiments/train.py \
+        --config=configs/cosmo_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/cosmo,$RMS
     # on a TPU pod or GPU cluster: experiments/launch_xm.py builds this command per host
 
 Arguments (`key=value`, comma-separated): model (local Hugging Face directory, also the

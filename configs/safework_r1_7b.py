@@ -2,9 +2,12 @@ r"""SafeWork-R1 (SafeLadder) on Qwen2.5-VL-7B-Instruct: CoT-SFT, multi-objective
 Safety / Value / Knowledge verifiers, then the efficiency stage.
 
     python experiments/train.py \
-        --config=configs/safework_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/safework
+        --config=configs/safework_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/sw
     # with learned verifiers (reward models; verifier=judge for generative judges)
-    python experiments/train.py --config=configs/safework_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/safework,safety_verifier=/ckpt/safety_orm,value_verifier=/ckpt/value_orm,knowledge_verifier=/ckpt/knowledge_orm
+    V=safety_verifier=/ckpt/safety_orm,value_verifier=/ckpt/value_orm
+    V=$V,knowledge_verifier=/ckpt/knowledge_orm
+    python experiments/train.py \
+        --config=configs/safework_r1_7b.py:model=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/sw,$V
 
 Arguments (`key=value`, comma-separated): model (local Hugging Face directory, also the
 tokenizer), data (directory of the files below), ext (jsonl | parquet), workdir,
