@@ -64,6 +64,7 @@ from cosmojax.rl.losses import PolicyLossConfig
 from cosmojax.sft import trainer as sft
 from cosmojax.train_state import TrainState
 
+FLAGS = flags.FLAGS
 GIB = 1024**3
 STEPS = ("sft", "rl")
 # Memory per chip of TPU generations, by the prefix of a topology name (`v5p:2x2x2`): what
@@ -368,61 +369,62 @@ def format_report(reports: Sequence[StepMemory], memory_bytes: float | None) -> 
 
 # -------------------------------------------------------------------------- command line
 
-_MODEL = flags.DEFINE_string("model", "qwen2_5_vl_7b",
-                             "A model config preset name, or a local checkpoint directory.")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5p:2x2x2",
-                                "A TPU topology (v5p:2x2x2), cpu:N (N host devices) or local.")
-_MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh axis sizes (-1: the rest).")
-_NUM_LAYERS = flags.DEFINE_integer("num_layers", 0, "Decoder layers (0: the model's).")
-_VISION_DEPTH = flags.DEFINE_integer("vision_depth", 0, "Vision blocks (0: the model's).")
-_BATCH = flags.DEFINE_integer("batch", 8, "Sequences per step (global).")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 2048, "Tokens per sequence.")
-_COMPLETION_LEN = flags.DEFINE_integer("completion_len", 0,
-                                       "RL completion tokens (0: half of seq_len).")
-_GROUP_SIZE = flags.DEFINE_integer("group_size", 8, "RL samples per prompt.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 448, "Side of the one image per sequence, px "
-                                   "(0: text only).")
-_NUM_OBJECTIVES = flags.DEFINE_integer("num_objectives", 4, "RL reward objectives K.")
-_NUM_MINIBATCHES = flags.DEFINE_integer("num_minibatches", 1, "RL minibatches per update.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", list(_DTYPES), "Compute dtype.")
-_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", list(_DTYPES),
-                                 "Parameter (and optimizer moment) dtype.")
-_BACKEND = flags.DEFINE_string(
-    "logprob_backend", "xla", "Fused log-prob kernel backend (auto: Pallas on TPU/GPU, XLA on "
-    "CPU). The Pallas TPU kernel does not compile on a multi-chip mesh: XLA cannot partition "
-    "it (it needs a shard_map).")
-_STEPS = flags.DEFINE_list("steps", list(STEPS), "Which steps to compile.")
-_HBM_GIB = flags.DEFINE_float("hbm_gib", 0.0, "Device memory in GiB (0: known per topology).")
-_JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+def define_flags() -> None:
+  """The command-line flags (defined when run as a script: importing defines none)."""
+  flags.DEFINE_string("model", "qwen2_5_vl_7b",
+                      "A model config preset name, or a local checkpoint directory.")
+  flags.DEFINE_string("topology", "v5p:2x2x2",
+                      "A TPU topology (v5p:2x2x2), cpu:N (N host devices) or local.")
+  flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh axis sizes (-1: the rest).")
+  flags.DEFINE_integer("num_layers", 0, "Decoder layers (0: the model's).")
+  flags.DEFINE_integer("vision_depth", 0, "Vision blocks (0: the model's).")
+  flags.DEFINE_integer("batch", 8, "Sequences per step (global).")
+  flags.DEFINE_integer("seq_len", 2048, "Tokens per sequence.")
+  flags.DEFINE_integer("completion_len", 0, "RL completion tokens (0: half of seq_len).")
+  flags.DEFINE_integer("group_size", 8, "RL samples per prompt.")
+  flags.DEFINE_integer("image_size", 448,
+                       "Side of the one image per sequence, px (0: text only).")
+  flags.DEFINE_integer("num_objectives", 4, "RL reward objectives K.")
+  flags.DEFINE_integer("num_minibatches", 1, "RL minibatches per update.")
+  flags.DEFINE_enum("dtype", "bfloat16", list(_DTYPES), "Compute dtype.")
+  flags.DEFINE_enum("param_dtype", "float32", list(_DTYPES),
+                    "Parameter (and optimizer moment) dtype.")
+  flags.DEFINE_string(
+      "logprob_backend", "xla", "Fused log-prob kernel backend (auto: Pallas on TPU/GPU, XLA on "
+      "CPU). The Pallas TPU kernel does not compile on a multi-chip mesh: XLA cannot partition "
+      "it (it needs a shard_map).")
+  flags.DEFINE_list("steps", list(STEPS), "Which steps to compile.")
+  flags.DEFINE_float("hbm_gib", 0.0, "Device memory in GiB (0: known per topology).")
+  flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.WARNING)
-  devices, memory = topology_devices(_TOPOLOGY.value)
-  if _HBM_GIB.value:
-    memory = _HBM_GIB.value * GIB
-  mesh = make_mesh(**parse_mesh(_MESH.value), devices=devices)
-  config = model_config(_MODEL.value, _NUM_LAYERS.value, _VISION_DEPTH.value)
+  devices, memory = topology_devices(FLAGS.topology)
+  if FLAGS.hbm_gib:
+    memory = FLAGS.hbm_gib * GIB
+  mesh = make_mesh(**parse_mesh(FLAGS.mesh), devices=devices)
+  config = model_config(FLAGS.model, FLAGS.num_layers, FLAGS.vision_depth)
   settings = AotSettings(
-      batch=_BATCH.value, seq_len=_SEQ_LEN.value,
-      completion_len=_COMPLETION_LEN.value or _SEQ_LEN.value // 2,
-      group_size=_GROUP_SIZE.value, image_size=_IMAGE_SIZE.value,
-      num_objectives=_NUM_OBJECTIVES.value, num_minibatches=_NUM_MINIBATCHES.value,
-      dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value, logprob_backend=_BACKEND.value,
-      steps=tuple(_STEPS.value))
+      batch=FLAGS.batch, seq_len=FLAGS.seq_len,
+      completion_len=FLAGS.completion_len or FLAGS.seq_len // 2,
+      group_size=FLAGS.group_size, image_size=FLAGS.image_size,
+      num_objectives=FLAGS.num_objectives, num_minibatches=FLAGS.num_minibatches,
+      dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype, logprob_backend=FLAGS.logprob_backend,
+      steps=tuple(FLAGS.steps))
   params, reports = compile_steps(config, mesh, settings)
-  print(f"model {_MODEL.value}: {params:,} parameters, {config.text.num_layers} decoder "
+  print(f"model {FLAGS.model}: {params:,} parameters, {config.text.num_layers} decoder "
         f"layers, {config.vision.depth} vision blocks")
-  print(f"topology {_TOPOLOGY.value}: {len(devices)} x {devices[0].device_kind}, mesh "
+  print(f"topology {FLAGS.topology}: {len(devices)} x {devices[0].device_kind}, mesh "
         f"{dict(mesh.shape)}, logprob backend {kernel_backend(settings.logprob_backend, devices)}")
   print(f"per step: {settings.batch} sequences x {settings.seq_len} tokens, image "
         f"{settings.image_size} px")
   print(format_report(reports, memory))
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump({"model": _MODEL.value, "topology": _TOPOLOGY.value, "parameters": params,
+  if FLAGS.json:
+    with open(FLAGS.json, "w", encoding="utf-8") as f:
+      json.dump({"model": FLAGS.model, "topology": FLAGS.topology, "parameters": params,
                  "mesh": dict(mesh.shape), "settings": dataclasses.asdict(settings),
                  "memory_bytes": memory,
                  "steps": [{**dataclasses.asdict(r), "peak": r.peak} for r in reports]}, f,
@@ -430,4 +432,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -37,7 +37,6 @@ import dataclasses
 import math
 import os
 import shlex
-import sys
 from typing import Any, Mapping, Sequence
 
 from absl import app, flags
@@ -189,34 +188,40 @@ def launch(jobs: Sequence[HostJob], platform: str, tpu_slice: str, executor: str
 
 # -------------------------------------------------------------------------- command line
 
-_CONFIG = flags.DEFINE_string("config", None, "configs/<name>.py[:<arg>]")
-_SET = flags.DEFINE_multi_string("set", [], "Config override key=value (repeatable).")
-_PLATFORM = flags.DEFINE_enum("platform", "tpu", ["tpu", "gpu"], "TPU v5p slice or H100 nodes.")
-_SLICE = flags.DEFINE_string("slice", "v5p:4x4x2", "TPU slice, generation:topology "
-                             "(v5p:4x4x2 is a v5p-64).")
-_NUM_NODES = flags.DEFINE_integer("num_nodes", 1, "GPU nodes of 8 H100.")
-_COORDINATOR = flags.DEFINE_string("coordinator", "", "GPU: host[:port] of the first node.")
-_EXECUTOR = flags.DEFINE_enum("executor", "kubernetes", ["kubernetes", "vertex"],
-                              "XManager executor (GKE or Vertex AI).")
-_IMAGE = flags.DEFINE_string("image", "python:3.11", "Base container image.")
-_TITLE = flags.DEFINE_string("title", "cosmojax", "Experiment title.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the per-host commands; launch nothing.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command-line flags (defined when run as a script: importing defines none, so tests
+  can import this module beside experiments/train.py, which also has --config)."""
+  flags.DEFINE_string("config", None, "configs/<name>.py[:<arg>]")
+  flags.DEFINE_multi_string("set", [], "Config override key=value (repeatable).")
+  flags.DEFINE_enum("platform", "tpu", ["tpu", "gpu"], "TPU v5p slice or H100 nodes.")
+  flags.DEFINE_string("slice", "v5p:4x4x2",
+                      "TPU slice, generation:topology (v5p:4x4x2 is a v5p-64).")
+  flags.DEFINE_integer("num_nodes", 1, "GPU nodes of 8 H100.")
+  flags.DEFINE_string("coordinator", "", "GPU: host[:port] of the first node.")
+  flags.DEFINE_enum("executor", "kubernetes", ["kubernetes", "vertex"],
+                    "XManager executor (GKE or Vertex AI).")
+  flags.DEFINE_string("image", "python:3.11", "Base container image.")
+  flags.DEFINE_string("title", "cosmojax", "Experiment title.")
+  flags.DEFINE_bool("dry_run", False, "Print the per-host commands; launch nothing.")
+  flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  jobs = host_jobs(_PLATFORM.value, _CONFIG.value, parse_overrides(_SET.value),
-                   tpu_slice=_SLICE.value, num_nodes=_NUM_NODES.value,
-                   coordinator=_COORDINATOR.value)
-  if _DRY_RUN.value:
+  jobs = host_jobs(FLAGS.platform, FLAGS.config, parse_overrides(FLAGS.set),
+                   tpu_slice=FLAGS.slice, num_nodes=FLAGS.num_nodes,
+                   coordinator=FLAGS.coordinator)
+  if FLAGS.dry_run:
     for job in jobs:
       print(f"{job.name}: {job.shell()}")
     return
-  launch(jobs, _PLATFORM.value, _SLICE.value, _EXECUTOR.value, _IMAGE.value, _TITLE.value)
+  launch(jobs, FLAGS.platform, FLAGS.slice, FLAGS.executor, FLAGS.image, FLAGS.title)
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   app.run(main)
