@@ -81,7 +81,7 @@ def file_sources(data_dir: str, files: Mapping[str, tuple[str, str]], ext: str
 #   SFT  8 x 2048, one 224 px image each,        8 chips:  90.8 GiB
 #   SFT  8 x 2048, one 448 px image each,        8 chips:  185 GiB of temporaries: no fit
 #   SFT  16 x 2048, text only,                  16 chips:  89.0 GiB  (state 5.9, temp 82.5)
-#   RL   8 x 1024 (512 prompt + 512 completion), 8 chips:  78.7 GiB
+#   RL   8 x 1024 (512 prompt + 512 completion), 8 chips:  78.7 GiB; 79.5 with a 224 px image
 #   RL   8 x 2048 (1024 + 1024),                 8 chips:  187 GiB of temporaries: no fit
 # So the batch sizes of the configs, which are the recipes', do not fit yet. The runner needs
 # first: activation sharding constraints in the model (XLA computes the MLP of the whole batch
