@@ -133,11 +133,12 @@ def build_components(spec: ExperimentSpec) -> Components:
 
 def init_model(c: Components) -> nnx.Module:
   """The policy: loaded from `model.path` or randomly initialised (seeded), on the mesh."""
-  dtype = _DTYPES[c.spec.model.dtype]
+  dtype, param_dtype = _DTYPES[c.spec.model.dtype], _DTYPES[c.spec.model.param_dtype]
   if c.spec.model.path:
-    model = models.from_pretrained(c.spec.model.path, dtype=dtype)
+    model = models.from_pretrained(c.spec.model.path, dtype=dtype, param_dtype=param_dtype)
   else:
-    model = models.Qwen2_5_VL(c.model_config, dtype=dtype, rngs=nnx.Rngs(c.spec.seed))
+    model = models.Qwen2_5_VL(c.model_config, dtype=dtype, param_dtype=param_dtype,
+                              rngs=nnx.Rngs(c.spec.seed))
   graphdef, state = nnx.split(model)
   return nnx.merge(graphdef, shard_state(state, c.mesh))
 

@@ -50,12 +50,21 @@ class ModelSpec:
     path: a local Hugging Face directory (config.json + safetensors); empty: random init from
       `tiny` with the tokenizer's vocabulary and special-token ids.
     dtype: compute dtype, "float32" or "bfloat16".
+    param_dtype: dtype the parameters (and so the optimizer moments) are stored in; float32
+      keeps small updates (lr 1e-6) that bfloat16 weights would round away.
     tiny: keyword arguments of `cosmojax.models.tiny_qwen2_5_vl_config`.
   """
 
   path: str = ""
   dtype: str = "float32"
+  param_dtype: str = "float32"
   tiny: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16"):
+        raise ValueError(f"model.{name} is {getattr(self, name)!r}; known: 'float32', "
+                         "'bfloat16'.")
 
 
 @dataclasses.dataclass(frozen=True)

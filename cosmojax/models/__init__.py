@@ -12,7 +12,8 @@ from cosmojax.models.checkpoint import (MODEL_FAMILIES, CheckpointError, ModelFa
                                         from_pretrained, load_config, save_pretrained)
 from cosmojax.models.heads import (HEAD_FILE, RewardModel, ValueModel, gather_last,
                                    last_token_index, load_reward_model, save_reward_model)
-from cosmojax.models.configs import (ConfigError, Qwen2_5_VLConfig, TextConfig, VisionConfig,
+from cosmojax.models.configs import (CONFIG_PRESETS, ConfigError, Qwen2_5_VLConfig, TextConfig,
+                                     VisionConfig, qwen2_5_vl_7b_config,
                                      qwen2_5_vl_config_from_hf, qwen2_5_vl_config_to_hf,
                                      text_config_from_hf, tiny_qwen2_5_vl_config,
                                      tiny_qwen2_config)
@@ -23,11 +24,12 @@ from cosmojax.models.rope_index import get_rope_index
 from cosmojax.models.vision import VisionMeta, num_image_tokens, vision_metadata
 
 __all__ = [
-    "HEAD_FILE", "MODEL_FAMILIES", "CausalLM", "CheckpointError", "ConfigError", "KVCache",
-    "ModelFamily", "Qwen2ForCausalLM", "Qwen2_5_VL", "Qwen2_5_VLConfig", "RewardModel",
+    "CONFIG_PRESETS", "HEAD_FILE", "MODEL_FAMILIES", "CausalLM", "CheckpointError", "ConfigError",
+    "KVCache", "ModelFamily", "Qwen2ForCausalLM", "Qwen2_5_VL", "Qwen2_5_VLConfig", "RewardModel",
     "TextConfig", "ValueModel", "VisionConfig", "VisionMeta", "default_positions", "family_of",
     "from_pretrained", "gather_last", "get_rope_index", "init_cache", "last_token_index",
-    "load_config", "load_reward_model", "num_image_tokens", "qwen2_5_vl_config_from_hf",
+    "load_config", "load_reward_model", "num_image_tokens", "qwen2_5_vl_7b_config",
+    "qwen2_5_vl_config_from_hf",
     "qwen2_5_vl_config_to_hf", "save_pretrained", "save_reward_model", "text_config_from_hf",
     "tiny_qwen2_5_vl_config", "tiny_qwen2_config", "vision_metadata",
 ]

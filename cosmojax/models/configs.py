@@ -6,13 +6,17 @@ it is the language model of Qwen2.5-VL), `VisionConfig` the Qwen2.5-VL vision to
 meaning is the same; `from_hf`/`to_hf` convert both the flat (pre-v5) and the nested
 (`text_config`/`vision_config`, transformers 5.x) layouts of Qwen2.5-VL.
 
-The `tiny_*` factories build the small random-init models of the CPU demo and the tests.
+The `tiny_*` factories build the small random-init models of the CPU demo and the tests;
+`CONFIG_PRESETS` names real architectures (e.g. "qwen2_5_vl_7b") for sizing work without a
+checkpoint on disk (ahead-of-time compilation, memory estimates).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from cosmojax.registry import Registry
 
 # rope types whose maths is the default RoPE (M-RoPE is the default RoPE per section).
 _DEFAULT_ROPE_TYPES = (None, "default", "mrope")
@@ -321,3 +325,31 @@ def tiny_qwen2_5_vl_config(vocab_size: int = 256, hidden_size: int = 64, num_lay
                           video_token_id=pick(video_token_id, base + 1),
                           vision_start_token_id=pick(vision_start_token_id, base + 2),
                           vision_end_token_id=pick(vision_end_token_id, base + 3))
+
+
+CONFIG_PRESETS = Registry[Callable[[], Any]]("model config preset")
+
+
+@CONFIG_PRESETS.register("qwen2_5_vl_7b")
+def qwen2_5_vl_7b_config() -> Qwen2_5_VLConfig:
+  """Qwen2.5-VL-7B-Instruct's architecture, as its published config.json gives it (8.29B
+  parameters): a 28-layer decoder of width 3584 (28 query / 4 key-value heads of 128, SwiGLU
+  18944, vocabulary 152064, untied LM head, M-RoPE sections 16/24/24, theta 1e6) and a
+  32-block vision tower of width 1280 (16 heads, MLP 3420, windows of 112 px, full attention
+  in blocks 7, 15, 23, 31) merged 2x2 into the decoder width."""
+  text = TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                    num_layers=28, num_heads=28, num_kv_heads=4, rms_norm_eps=1e-6,
+                    rope_theta=1000000.0, mrope_section=(16, 24, 24), hidden_act="silu",
+                    tie_word_embeddings=False, max_position_embeddings=128000,
+                    bos_token_id=151643, eos_token_id=151645)
+  vision = VisionConfig(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                        out_hidden_size=3584, patch_size=14, temporal_patch_size=2,
+                        spatial_merge_size=2, window_size=112,
+                        fullatt_block_indexes=(7, 15, 23, 31), hidden_act="silu",
+                        tokens_per_second=2)
+  return Qwen2_5_VLConfig(text=text, vision=vision, image_token_id=151655,
+                          video_token_id=151656, vision_start_token_id=151652,
+                          vision_end_token_id=151653)
+
+
+CONFIG_PRESETS.register("tiny_qwen2_5_vl")(tiny_qwen2_5_vl_config)

@@ -145,14 +145,15 @@ class CausalLM(nnx.Module):
 
   # -- full forward -----------------------------------------------------------------------------
   def lm_head_matrix(self) -> jax.Array:
-    """The LM head as [hidden, vocab]: logits = hidden_states @ lm_head_matrix()."""
+    """The LM head as [hidden, vocab] in the compute dtype (like the hidden states, also when
+    parameters are stored in another dtype): logits = hidden_states @ lm_head_matrix()."""
     if self.lm_head is None:
-      return self.decoder.embed.matrix_t()
-    return self.lm_head.kernel[...]
+      return self.decoder.embed.matrix_t().astype(self.dtype)
+    return self.lm_head.kernel[...].astype(self.dtype)
 
   def logits(self, h: jax.Array) -> jax.Array:
     """LM head on hidden states [..., hidden] -> float32 logits [..., vocab]."""
-    w = self.lm_head_matrix().astype(self.dtype)
+    w = self.lm_head_matrix()
     return jnp.einsum("...d,dv->...v", h.astype(self.dtype), w,
                       preferred_element_type=jnp.float32)
 
