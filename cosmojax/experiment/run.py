@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -111,37 +112,72 @@ class Run:
     restored = self.checkpointer.restore(latest.step, params=abstract_target(state.params),
                                          opt_state=abstract_target(state.opt_state))
     step = jax.device_put(jnp.asarray(latest.metadata["updates"], jnp.int32),
-                          NamedSharding(self.c.mesh, PartitionSpec()))  # as update() returns it
+                          state.step.sharding)
     return state.replace(params=restored.params, opt_state=restored.opt_state, step=step)
 
-  # -- stages -----------------------------------------------------------------------------------
-  def _trainer(self, stage: StageSpec):
-    if stage.kind == "sft":
-      return None
-    sampling = comp.sampling_config(self.c, stage.sampling, f"stages.{stage.name}.sampling")
-    return RLTrainer(self.engine, RecipeRewarder(_recipe(stage)), self.c.tokenizer, sampling,
-                     stage.learner)
+  def _fresh_state(self, i: int) -> TrainState:
+    """The stage's train state, every leaf on the mesh: parameters and their moments as the
+    parameters are sharded, scalars (step, Adam's count) replicated. Fresh and resumed runs
+    thus hand the jitted steps identically placed arrays."""
+    state = TrainState.create(nnx.merge(self.graphdef, self.params),
+                              optim.make_optimizer(self.spec.stages[i].optimizer))
+    replicated = NamedSharding(self.c.mesh, PartitionSpec())
+    on_mesh = lambda x: (x if isinstance(getattr(x, "sharding", None), NamedSharding)
+                         else jax.device_put(x, replicated))
+    return jax.tree.map(on_mesh, state)
 
-  def _step(self, stage, trainer, state, batch, meta, local, key):
+  # -- stages -----------------------------------------------------------------------------------
+  def _reference(self, stage: StageSpec, state: TrainState, local_start: int
+                 ) -> TrainState | None:
+    """The reference policy of a stage whose loss has a KL term: the policy at the stage's
+    start, saved once under workdir/reference/<stage> so that a resumed stage gets it back.
+    It carries no optimizer state (nothing of it is ever donated)."""
+    if stage.kind != "rl" or stage.learner.loss.kl_coef == 0.0:
+      return None
+    directory = os.path.join(self.spec.workdir, "reference", stage.name)
+    if local_start == 0 and os.path.exists(directory):
+      shutil.rmtree(directory)  # a fresh start of the stage: its start is the reference
+    with Checkpointer(directory, max_to_keep=1, async_save=False) as references:
+      if references.latest_step() is None:
+        references.save(TrainingCheckpoint(step=0, params=state.params), force=True)
+      params = references.restore(params=abstract_target(state.params)).params
+    return state.replace(params=params, opt_state=None)
+
+  def _trainer(self, stage: StageSpec, state: TrainState, reference: TrainState | None):
+    """The stage's step function `(state, batch, meta, local, key) -> (state, metrics)`; the
+    state keeps the shardings it has now (explicit output shardings)."""
+    shardings = jax.tree.map(lambda x: x.sharding, state)
     if stage.kind == "sft":
-      step_batch = sft.sft_step_batch(batch, self.c.model_config)
-      step_batch = jax.device_put(step_batch, sft.batch_shardings(step_batch, self.c.mesh))
-      return sft.sft_step(state, step_batch, key,
-                          backend=stage.learner.logprob_backend)
-    result = trainer.step(state, batch, meta, local, key)
-    return result.state, result.metrics
+      step_fn = sft.jit_train_step(shardings)
+
+      def sft_step(state, batch, meta, local, key):
+        del meta, local
+        step_batch = sft.sft_step_batch(batch, self.c.model_config)
+        step_batch = jax.device_put(step_batch, sft.batch_shardings(step_batch, self.c.mesh))
+        return step_fn(state, step_batch, key, backend=stage.learner.logprob_backend)
+
+      return sft_step, None
+    sampling = comp.sampling_config(self.c, stage.sampling, f"stages.{stage.name}.sampling")
+    trainer = RLTrainer(self.engine, RecipeRewarder(_recipe(stage)), self.c.tokenizer, sampling,
+                        stage.learner, reference=reference, overlong=stage.overlong,
+                        state_shardings=shardings)
+
+    def rl_step(state, batch, meta, local, key):
+      result = trainer.step(state, batch, meta, local, key)
+      return result.state, result.metrics
+
+    return rl_step, trainer
 
   def run_stage(self, i: int, state: TrainState, iterator, local_start: int,
                 writer: MetricWriter, progress: ProgressBar, stop_after_step: int | None
                 ) -> TrainState:
     stage = self.spec.stages[i]
-    trainer = self._trainer(stage)
+    step_fn, trainer = self._trainer(stage, state, self._reference(stage, state, local_start))
     progress.set_stage(stage.name)
     for local in range(local_start, stage.steps):
       step = self.offsets[i] + local + 1
       batch, meta = next(iterator)
-      state, metrics = self._step(stage, trainer, state, batch, meta, local,
-                                  jax.random.fold_in(self.key, step))
+      state, metrics = step_fn(state, batch, meta, local, jax.random.fold_in(self.key, step))
       metrics = _host_scalars(metrics)
       skipped = metrics.get("skipped", metrics.get("learner/skipped", 0))
       if skipped:
@@ -169,7 +205,6 @@ class Run:
     """Runs (or resumes) the stages; `stop_after_step` stops right after that global step, as
     a preemption would (the next call resumes from the last checkpoint)."""
     spec = self.spec
-    tx = lambda i: optim.make_optimizer(spec.stages[i].optimizer)
     latest = self._restore()
     first = 0 if latest is None else latest.stage_index
     writer = MetricWriter(spec.workdir, resume_step=None if latest is None else latest.step)
@@ -177,7 +212,7 @@ class Run:
     try:
       for i in range(first, len(spec.stages)):
         stage = spec.stages[i]
-        state = TrainState.create(nnx.merge(self.graphdef, self.params), tx(i))
+        state = self._fresh_state(i)
         iterator = iter(comp.stage_batches(self.c, stage, seed=spec.seed + i))
         local = 0
         if latest is not None and i == latest.stage_index and not latest.metadata["completed"]:

@@ -15,6 +15,7 @@ from cosmojax.optim import OptimizerConfig
 from cosmojax.rl.advantages import AdvantageConfig
 from cosmojax.rl.learner import LearnerConfig
 from cosmojax.rl.losses import PolicyLossConfig
+from cosmojax.rl.trainer import OverlongConfig
 
 STAGE_KINDS = ("sft", "rl")
 
@@ -121,6 +122,8 @@ class StageSpec:
     optimizer: `cosmojax.optim.OptimizerConfig` fields.
     jailbreak: `cosmojax.data.JailbreakConfig` fields to augment unsafe prompts on the fly,
       or None.
+    overlong: DAPO's soft overlong punishment as an extra objective "overlong" (RL):
+      {"max_length", "cache_length", "weight"} (`cosmojax.rl.trainer.OverlongConfig`), or None.
     evaluate: evaluate on the held-out set after the stage.
   """
 
@@ -135,6 +138,7 @@ class StageSpec:
   learner: LearnerConfig = LearnerConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   jailbreak: Mapping[str, Any] | None = None
+  overlong: OverlongConfig | None = None
   evaluate: bool = True
 
   def __post_init__(self):
@@ -162,7 +166,8 @@ def stage_spec(name: str, value: Any) -> StageSpec:
       optimizer=lambda v: build(OptimizerConfig, v, f"{where}.optimizer",
                                 no_decay=tuple),
       mixture=_as_dict, recipe=_as_dict, sampling=_as_dict,
-      jailbreak=lambda v: None if v is None else _as_dict(v))
+      jailbreak=lambda v: None if v is None else _as_dict(v),
+      overlong=lambda v: None if v is None else build(OverlongConfig, v, f"{where}.overlong"))
 
 
 @dataclasses.dataclass(frozen=True)

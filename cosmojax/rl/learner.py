@@ -190,10 +190,10 @@ def minibatch_rows(key: jax.Array, num_groups: int, group_size: int, num_minibat
   return rows.reshape(num_minibatches, -1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(0,))
-def update(state: TrainState, batch: LearnerBatch, rng: jax.Array, config: LearnerConfig
-           ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Policy update on one rollout batch: (state, batch, rng) -> (state, metrics).
+def update_step(state: TrainState, batch: LearnerBatch, rng: jax.Array, config: LearnerConfig
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Policy update on one rollout batch: (state, batch, rng) -> (state, metrics). Not
+  jitted: `update` is, and `jit_update` with explicit output shardings.
 
   `num_epochs * num_minibatches` optimizer steps; a step whose loss or gradient is not
   finite is skipped (state unchanged) and counted in `skipped`. Metrics are the loss
@@ -217,3 +217,13 @@ def update(state: TrainState, batch: LearnerBatch, rng: jax.Array, config: Learn
   metrics["skipped"] = jnp.sum(per_step["skipped"].astype(jnp.int32))
   metrics["optimizer_steps"] = jnp.asarray(rows.shape[0], jnp.int32)
   return state, metrics
+
+
+update = jax.jit(update_step, static_argnames=("config",), donate_argnums=(0,))
+
+
+def jit_update(state_shardings: Any):
+  """`update_step` jitted with the state donated and given back with `state_shardings` (the
+  state keeps one sharding, fresh or restored: one executable for every step)."""
+  return jax.jit(update_step, static_argnames=("config",), donate_argnums=(0,),
+                 out_shardings=(state_shardings, None))

@@ -23,10 +23,43 @@ import numpy as np
 from cosmojax import types
 from cosmojax.rewards.recipes import RecipeRewarder, RewardMatrix, reward_metrics
 from cosmojax.rl import learner as learner_lib
-from cosmojax.rl.advantages import compute_advantages
+from cosmojax.rl.advantages import compute_advantages, overlong_penalty
 from cosmojax.rollout.base import RolloutEngine, SamplingConfig
 from cosmojax.rollout.text import decode_completions
 from cosmojax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlongConfig:
+  """DAPO's soft overlong punishment (`cosmojax.rl.overlong_penalty`) as its own objective.
+
+  Completions of more than max_length - cache_length tokens are penalised linearly down to
+  -1 at max_length; the objective "overlong" joins the recipe's objectives with `weight` for
+  every task.
+  """
+
+  max_length: int
+  cache_length: int
+  weight: float = 1.0
+
+  def __post_init__(self):
+    if not 0 < self.cache_length <= self.max_length or self.weight < 0:
+      raise ValueError(f"OverlongConfig: need 0 < cache_length <= max_length and weight >= 0;"
+                       f" got {self}")
+
+
+def with_overlong(rewards: RewardMatrix, lengths_n: Any, sample_mask_n: Any,
+                  config: OverlongConfig) -> RewardMatrix:
+  """`rewards` with the overlong objective appended (NaN and weight 0 on padding samples)."""
+  valid = np.asarray(sample_mask_n, bool)
+  penalty = np.asarray(overlong_penalty(jnp.asarray(lengths_n), config.max_length,
+                                        config.cache_length), np.float32)
+  column = np.where(valid, penalty, np.nan)[:, None]
+  weight = np.where(valid, config.weight, 0.0).astype(np.float32)[:, None]
+  return RewardMatrix(np.concatenate([rewards.rewards_nk, column], axis=1),
+                      np.concatenate([rewards.weights_nk, weight], axis=1),
+                      np.concatenate([rewards.routed_nk, valid[:, None]], axis=1),
+                      (*rewards.names, "overlong"), rewards.failures)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +103,9 @@ class RLTrainer:
     sampling: how completions are sampled (`group_size` = G).
     config: the learner's configuration (loss, advantages, epochs, minibatches).
     reference: the reference policy's state, needed when `config.loss.kl_coef != 0`.
+    overlong: DAPO's overlong punishment as an extra objective, or None.
+    state_shardings: the shardings the policy state keeps (`learner.jit_update`); None jits
+      the update without output shardings.
     recompute_old_logprobs: recompute log pi_old by a full forward (the same computation as
       the loss, so the first minibatch starts at ratio exactly 1) instead of using the
       sampler's log-probs (equal in exact arithmetic when sampling is plain softmax at the
@@ -78,7 +114,8 @@ class RLTrainer:
 
   def __init__(self, engine: RolloutEngine, rewarder: RecipeRewarder, tokenizer: Any,
                sampling: SamplingConfig, config: learner_lib.LearnerConfig, *,
-               reference: TrainState | None = None, recompute_old_logprobs: bool = True):
+               reference: TrainState | None = None, overlong: OverlongConfig | None = None,
+               state_shardings: Any = None, recompute_old_logprobs: bool = True):
     if config.loss.kl_coef != 0.0 and reference is None:
       raise ValueError(f"loss.kl_coef={config.loss.kl_coef} needs a reference policy state.")
     self.engine = engine
@@ -87,6 +124,9 @@ class RLTrainer:
     self.sampling = sampling
     self.config = config
     self.reference = reference
+    self.overlong = overlong
+    self._update = (learner_lib.update if state_shardings is None
+                    else learner_lib.jit_update(state_shardings))
     self.recompute_old_logprobs = recompute_old_logprobs
 
   def _logprobs(self, state: TrainState, rollout: types.Rollout) -> jax.Array:
@@ -105,6 +145,8 @@ class RLTrainer:
     prompt_index = np.asarray(rollout.prompt_index)
     examples = _sample_examples(meta, prompt_index)
     rewards = score_rewards(self.rewarder, completions, examples, step)
+    if self.overlong is not None:
+      rewards = with_overlong(rewards, rollout.lengths, rollout.sample_mask, self.overlong)
     num_groups = rollout.tokens.shape[0] // rollout.group_size
     adv = compute_advantages(rewards.rewards_nk, jnp.asarray(prompt_index, jnp.int32),
                              rewards.weights_nk, self.config.advantage,
@@ -115,7 +157,7 @@ class RLTrainer:
                 if self.config.loss.kl_coef != 0.0 else None)
     batch = learner_lib.LearnerBatch(rollout, old_logp, adv.advantages, adv.weights,
                                      adv.sample_mask, ref_logp)
-    state, update_metrics = learner_lib.update(state, batch, key_update, self.config)
+    state, update_metrics = self._update(state, batch, key_update, self.config)
     metrics = {
         **_per_objective("learner", update_metrics, rewards.names),
         **_per_objective("advantages", adv.stats, rewards.names),

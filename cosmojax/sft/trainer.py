@@ -56,17 +56,28 @@ def sft_loss(params: Any, state: TrainState, batch: SFTStepBatch, *, backend: st
   return nll, {"loss": nll, "num_tokens": num_tokens}
 
 
-@functools.partial(jax.jit, static_argnames=("backend",), donate_argnums=(0,))
-def sft_step(state: TrainState, batch: SFTStepBatch, rng: jax.Array, *, backend: str = "auto"
-             ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: SFTStepBatch, rng: jax.Array, *,
+               backend: str = "auto") -> tuple[TrainState, dict[str, jax.Array]]:
   """One SFT update: (state, batch, rng) -> (state, metrics). `rng` is unused (no dropout)
   and kept for the uniform trainer signature. A non-finite loss or gradient skips the update
-  and reports `skipped`."""
+  and reports `skipped`. Not jitted: `sft_step` is, and `jit_train_step` with explicit
+  output shardings."""
   del rng
   grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, state, batch, backend=backend)
   state, update_metrics = state.apply_gradients(grads, loss)
   return state, {**metrics, **update_metrics}
+
+
+sft_step = jax.jit(train_step, static_argnames=("backend",), donate_argnums=(0,))
+
+
+def jit_train_step(state_shardings: Any):
+  """`train_step` jitted with the state donated and given back with `state_shardings`: the
+  state keeps its sharding from step to step (and across a checkpoint restore), so every
+  step runs the same executable."""
+  return jax.jit(train_step, static_argnames=("backend",), donate_argnums=(0,),
+                 out_shardings=(state_shardings, None))
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))
