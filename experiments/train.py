@@ -33,6 +33,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
+  # Libraries that log through absl (orbax: a dozen lines per checkpoint) only warn; cosmojax's
+  # own loggers keep INFO. `--verbosity=1` or higher brings the libraries' INFO back.
+  if flags.FLAGS.verbosity <= 0:
+    logging.getLogger("absl").setLevel(logging.WARNING)
   initialize_distributed()
   run(_CONFIG.value)
 
