@@ -75,7 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_images_per_example=2,
   )
 
-  c.eval = dict(examples_per_task=32, batch_size=64, max_new_tokens=48)
+  # 128 per task: with 32, one greedy answer flipping moves a task's figure by 0.03 and the
+  # stage-to-stage differences the table is read for drown in sampling noise.
+  c.eval = dict(examples_per_task=128, batch_size=64, max_new_tokens=48)
   c.checkpoint = dict(every=10, keep=2)
 
   c.stage_order = ("sft", "rl_general", "rl_joint")
@@ -83,20 +85,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The vision tower learns from scratch: the SFT policy only discriminates a harmful object
   # from its benign look-alike after ~1000 steps (after 600, RL exploits "an image is shown"
   # as a proxy for harm, in either direction). 3e-3 made the merger biases blow up and the
-  # image tokens carry almost no information; 2e-3 with warmup trains stably.
+  # image tokens carry almost no information; 2e-3 with warmup trains stably. The cosine
+  # anneals to 2e-5: ending at 2e-4, checkpoints 10 steps apart differed by 0.04 in held-out
+  # capability accuracy, more than RL's effects, so the stages could not be compared.
   c.stages.sft = dict(
       kind="sft",
       steps=1000,
       batch_size=32,
       optimizer=dict(learning_rate=2e-3, schedule="cosine", warmup_steps=50, total_steps=1000,
-                     final_lr_ratio=0.1, weight_decay=0.01),
+                     final_lr_ratio=0.01, weight_decay=0.01),
   )
   c.stages.rl_general = _rl_stage(30, _GENERAL, jailbreak=None)
+  # Stage 1 sees no unsafe prompt and forgets part of SFT's refusals (held-out unsafe
+  # compliance 0.15 -> 0.23 at 1e-4, 0.70 at 1e-3). Stage 2 trains safety and runs without KL,
+  # as CoSMo-RL does (CPGD's drift term is its trust region), for 100 steps: at 40 it did not
+  # get back below SFT. Measured on this suite (one seed each): with a k3 KL of 0.1 to the SFT
+  # policy in stage 1, stage 2 ends below SFT on unsafe compliance and every jailbreak with
+  # capability and over-refusal no worse; without it, typographic attack success ended at 0.73
+  # (SFT 0.43). The tiny policy's perception is weak, so such outcomes vary from run to run.
+  c.stages.rl_general.learner.loss.kl_coef = 0.1
   # Unsafe requests (harmful text + the three jailbreaks: 2.5) and benign probes that look
   # alike (2.5) are balanced, so that refusing whatever shows an object or text image earns
   # nothing on average: only telling harm apart does.
   c.stages.rl_joint = _rl_stage(
-      40,
+      100,
       {**_GENERAL, "harmful_text": 1.0, **{t: 0.5 for t in JAILBREAK_TASKS},
        "benign_probe": 2.5, "value": 1.0},
       # Unsafe requests are also disguised as multimodal jailbreaks on the fly, and benign

@@ -29,11 +29,10 @@ Data files in `data` (records as `cosmojax.data.read_jsonl` documents them; SFT 
 From SafeWork-R1's public M3-RL script (LightRFT `examples/safework_t1_runnable`): each task
 scored by its verifier with weight 1.0, 8 samples per prompt, 128 prompts per rollout,
 learning rate 1e-6 with 3% warmup, weight decay 0.01, CPGD's clipped policy-gradient loss
-without the drift term, seq-mean-token-mean aggregation, group-normalized advantages.
+without the drift term, 0.001 x k3 KL to the stage's initial policy (the runner keeps it as
+the reference), seq-mean-token-mean aggregation, group-normalized advantages.
 
 What the runner does not do yet (not faked here):
-  - KL to the reference model: the public script adds 0.001 x k3 KL to the initial policy;
-    the experiment runner builds no reference policy, so kl_coef is 0 here.
   - the public script's 8192-token generations: 4096 here, and even these batch sizes do
     not fit yet (memory note in configs/common.py); no gradient accumulation.
   - the Pallas log-prob kernels under XLA partitioning (the XLA path is used; see
@@ -95,9 +94,10 @@ def _rl_stage(args, steps: int, efficiency_weight: float) -> dict:
       sampling=dict(group_size=8, max_new_tokens=4096, temperature=1.0),
       learner=dict(
           # CPGD's clipped policy-gradient loss (the public script's --use_cpg_loss, without
-          # --use_policy_drift), eps 0.2, each sequence's token mean averaged over sequences.
-          loss=dict(loss_type="cpgd", eps_low=0.2, eps_high=0.2, drift_coef=0.0, kl_coef=0.0,
-                    aggregation="seq-mean-token-mean"),
+          # --use_policy_drift), eps 0.2, each sequence's token mean averaged over sequences;
+          # 0.001 x k3 KL to the reference (the policy at the stage's start).
+          loss=dict(loss_type="cpgd", eps_low=0.2, eps_high=0.2, drift_coef=0.0, kl_coef=0.001,
+                    kl_estimator="k3", aggregation="seq-mean-token-mean"),
           # Every sample has one verifier (plus efficiency): its reward is group-normalized.
           advantage=dict(estimator="grpo", mode="sum_then_normalize"),
           num_epochs=1,
