@@ -110,7 +110,10 @@ def test_rl_recipes_build_and_route_every_task_of_their_files(name):
     tasks = {spec.data.sources[source]["task"] for source in stage.mixture}
     assert tasks <= set(recipe.task_weights), (stage.name, tasks)
     assert stage.learner.logprob_backend == "xla"  # Pallas cannot be partitioned (docstring)
-    assert stage.learner.loss.kl_coef == 0.0  # the runner builds no reference policy
+    # The published KL to the initial policy: SafeWork's script 0.001 x k3, CoSMo and VTPerception
+    # none. (The runner keeps a stage's initial policy as the reference when kl_coef != 0.)
+    expected = (0.001, "k3") if name == "safework_r1_7b" else (0.0, "k3")
+    assert (stage.learner.loss.kl_coef, stage.learner.loss.kl_estimator) == expected
 
 
 # ------------------------------------------------------------------ the published settings
