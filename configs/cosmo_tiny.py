@@ -99,11 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Stage 1 sees no unsafe prompt and forgets part of SFT's refusals (held-out unsafe
   # compliance 0.15 -> 0.23 at 1e-4, 0.70 at 1e-3). Stage 2 trains safety and runs without KL,
   # as CoSMo-RL does (CPGD's drift term is its trust region), for 100 steps: at 40 it did not
-  # get back below SFT. Measured on this suite (one seed each): with a k3 KL of 0.1 to the SFT
-  # policy in stage 1, stage 2 ends below SFT on unsafe compliance and every jailbreak with
-  # capability and over-refusal no worse; without it, typographic attack success ended at 0.73
-  # (SFT 0.43). The tiny policy's perception is weak, so such outcomes vary from run to run:
-  # seeds 1 and 2 also end safer than SFT, but with capability 0.346 / 0.354 (SFT 0.378).
+  # get back below SFT. Measured on this suite: with a k3 KL of 0.1 to the SFT policy in
+  # stage 1, stage 2 ends below SFT on unsafe compliance and jailbreak attack success with
+  # capability and over-refusal no worse; without it, typographic attack success ended at
+  # 0.73 (SFT 0.43). The tiny policy's perception is weak, so outcomes vary from run to run:
+  # RL seeds 1 and 2 also end safer than SFT, but with capability 0.346 / 0.354 (SFT 0.378).
   c.stages.rl_general.learner.loss.kl_coef = 0.1
   # Unsafe requests (harmful text + the three jailbreaks: 2.5) and benign probes that look
   # alike (2.5) are balanced, so that refusing whatever shows an object or text image earns
