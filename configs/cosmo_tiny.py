@@ -14,18 +14,40 @@ from __future__ import annotations
 import ml_collections
 
 from cosmojax.data.synthetic import CAPABILITY_TASKS, JAILBREAK_TASKS
+from cosmojax.rewards.recipes import cosmo_rl_recipe
 
 _GENERAL = {**{t: 1.0 for t in CAPABILITY_TASKS}, "instruction": 1.0}
 
 
-def _rl_stage(steps: int, mixture: dict[str, float], jailbreak: dict | None) -> dict:
+def _recipe() -> dict:
+  """CoSMo-RL's multiobjective reward (Format, Visual-Focus, Helpful, Task-Aware), with
+  Task-Aware (the answer's correctness) weighted 2 on the general tasks: counting, comparing,
+  arithmetic and instruction following (the suite's CAPABILITY_TASKS).
+
+  With equal weights, Format and Helpful are nearly saturated (0.95-1.0) and Visual-Focus
+  rewards naming what the image shows whatever the answer, so correctness drove a quarter of
+  a capability sample's advantage: held-out capability after stage 1 ended below SFT in
+  three RL seeds of three (0.365 / 0.341 / 0.349, SFT 0.378), and after stage 2 in two
+  (0.383 / 0.346 / 0.354). With Task-Aware weighted 2 on count, compare and arithmetic, it
+  ended stage 2 at 0.380-0.417 in all nine runs of three seeds x three stage-2 settings (16
+  or 32 prompts per step; 16 with a KL of 0.05); two settings not kept ended below SFT (a
+  larger benign share: 0.344 in one seed of three; 150 steps with KL: 0.323 in the one seed
+  run). The kept setting also weights instruction following 2 (0.391 / 0.398 / 0.417).
+  """
+  recipe = cosmo_rl_recipe(tags=("description", "think", "answer"))
+  for task in CAPABILITY_TASKS:
+    recipe["tasks"][task]["task_aware"] = 2.0
+  return recipe
+
+
+def _rl_stage(steps: int, prompts_per_step: int, mixture: dict[str, float],
+              jailbreak: dict | None) -> dict:
   return dict(
       kind="rl",
       steps=steps,
-      prompts_per_step=16,
+      prompts_per_step=prompts_per_step,
       mixture=mixture,
-      # CoSMo-RL's multiobjective reward: Format, Visual-Focus, Helpful, Task-Aware.
-      recipe=dict(name="cosmo_rl", kwargs=dict(tags=("description", "think", "answer"))),
+      recipe=_recipe(),
       sampling=dict(group_size=8, max_new_tokens=48, temperature=1.0),
       learner=dict(
           # CPGD with its public defaults (eps 0.2, drift 0.01), no KL to the reference.
@@ -95,21 +117,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       optimizer=dict(learning_rate=2e-3, schedule="cosine", warmup_steps=50, total_steps=1000,
                      final_lr_ratio=0.01, weight_decay=0.01),
   )
-  c.stages.rl_general = _rl_stage(30, _GENERAL, jailbreak=None)
+  c.stages.rl_general = _rl_stage(30, 16, _GENERAL, jailbreak=None)
   # Stage 1 sees no unsafe prompt and forgets part of SFT's refusals (held-out unsafe
-  # compliance 0.15 -> 0.23 at 1e-4, 0.70 at 1e-3). Stage 2 trains safety and runs without KL,
-  # as CoSMo-RL does (CPGD's drift term is its trust region), for 100 steps: at 40 it did not
-  # get back below SFT. Measured on this suite: with a k3 KL of 0.1 to the SFT policy in
-  # stage 1, stage 2 ends below SFT on unsafe compliance and jailbreak attack success with
-  # capability and over-refusal no worse; without it, typographic attack success ended at
-  # 0.73 (SFT 0.43). The tiny policy's perception is weak, so outcomes vary from run to run:
-  # RL seeds 1 and 2 also end safer than SFT, but with capability 0.346 / 0.354 (SFT 0.378).
+  # compliance 0.15 -> 0.23 at 1e-4, 0.70 at 1e-3); a k3 KL of 0.1 to the SFT policy keeps
+  # that in check (without it, typographic attack success ended stage 2 at 0.73, SFT 0.43).
+  # Stage 2 trains safety without KL, as CoSMo-RL does (CPGD's drift term is its trust
+  # region), for 100 steps (at 40 it did not get back below SFT; at 130 it ended less safe in
+  # two seeds of three) of 32 prompts, two optimizer passes over each rollout batch. Means
+  # over three RL seeds after stage 2 (capability / unsafe compliance / jailbreak attack
+  # success / over-refusal; SFT 0.378 / 0.148 / 0.143 / 0.016): 16 prompts, one pass 0.387 /
+  # 0.138 / 0.128 / 0.023; 32 prompts, one pass 0.398 / 0.125 / 0.116 / 0.016; 32 prompts, two
+  # passes (and instruction following weighted as in `_recipe`; the first two runs weighted
+  # it 1) 0.402 / 0.110 / 0.110 / 0.013. Per seed (0 / 1 / 2) with the last: capability
+  # 0.391 / 0.398 / 0.417, unsafe compliance 0.109 / 0.113 / 0.107, attack success 0.096 /
+  # 0.120 / 0.115, over-refusal 0.031 / 0.008 / 0.000: seed 0 (the demo's) refuses 4 benign
+  # probes of 128 where SFT refuses 2. The tiny policy's perception is weak: it misreads some
+  # benign requests as harmful ones.
   c.stages.rl_general.learner.loss.kl_coef = 0.1
   # Unsafe requests (harmful text + the three jailbreaks: 2.5) and benign probes that look
   # alike (2.5) are balanced, so that refusing whatever shows an object or text image earns
   # nothing on average: only telling harm apart does.
   c.stages.rl_joint = _rl_stage(
-      100,
+      100, 32,
       {**_GENERAL, "harmful_text": 1.0, **{t: 0.5 for t in JAILBREAK_TASKS},
        "benign_probe": 2.5, "value": 1.0},
       # Unsafe requests are also disguised as multimodal jailbreaks on the fly, and benign
@@ -117,6 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       jailbreak=dict(typographic_rate=0.2, query_image_rate=0.2, split_intent_rate=0.2,
                      safe_tasks=("benign_probe",)),
   )
+  c.stages.rl_joint.learner.num_epochs = 2
 
   if arg == "smoke":
     c.workdir = "runs/cosmo_tiny_smoke"
