@@ -123,8 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # that in check (without it, typographic attack success ended stage 2 at 0.73, SFT 0.43).
   # Stage 2 trains safety without KL, as CoSMo-RL does (CPGD's drift term is its trust
   # region), for 100 steps (at 40 it did not get back below SFT; at 130, with one pass, less
-  # safe in two seeds of three) of 32 prompts, two optimizer passes over each rollout batch. Means
-  # over three RL seeds after stage 2 (capability / unsafe compliance / jailbreak attack
+  # safe in two seeds of three) of 32 prompts, two optimizer passes over each rollout batch.
+  # Means over three RL seeds after stage 2 (capability / unsafe compliance / jailbreak attack
   # success / over-refusal; SFT 0.378 / 0.148 / 0.143 / 0.016): 16 prompts, one pass 0.387 /
   # 0.138 / 0.128 / 0.023; 32 prompts, one pass 0.398 / 0.125 / 0.116 / 0.016; 32 prompts, two
   # passes (and instruction following weighted as in `_recipe`; the first two runs weighted
