@@ -16,7 +16,8 @@ import ml_collections
 from cosmojax.data.synthetic import CAPABILITY_TASKS, JAILBREAK_TASKS
 from cosmojax.rewards.recipes import cosmo_rl_recipe
 
-_GENERAL = {**{t: 1.0 for t in CAPABILITY_TASKS}, "instruction": 1.0}
+# The suite's CAPABILITY_TASKS: count, compare, arithmetic and instruction following.
+_GENERAL = {t: 1.0 for t in CAPABILITY_TASKS}
 
 
 def _recipe() -> dict:
