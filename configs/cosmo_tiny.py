@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from cosmojax.data.synthetic import CAPABILITY_TASKS, JAILBREAK_TASKS
+from cosmojax.data.synthetic import GENERAL_TASKS, JAILBREAK_TASKS
 from cosmojax.rewards.recipes import cosmo_rl_recipe
 
-# The suite's CAPABILITY_TASKS: count, compare, arithmetic and instruction following.
-_GENERAL = {t: 1.0 for t in CAPABILITY_TASKS}
+# The suite's GENERAL_TASKS: count, compare, arithmetic and instruction following.
+_GENERAL = {t: 1.0 for t in GENERAL_TASKS}
 
 
 def _recipe() -> dict:
   """CoSMo-RL's multiobjective reward (Format, Visual-Focus, Helpful, Task-Aware), with
   Task-Aware (the answer's correctness) weighted 2 on the general tasks: counting, comparing,
-  arithmetic and instruction following (the suite's CAPABILITY_TASKS).
+  arithmetic and instruction following (the suite's GENERAL_TASKS).
 
   With equal weights, Format and Helpful are nearly saturated (0.95-1.0) and Visual-Focus
   rewards naming what the image shows whatever the answer, so correctness drove a quarter of
@@ -36,7 +36,7 @@ def _recipe() -> dict:
   run). The kept setting also weights instruction following 2 (0.391 / 0.398 / 0.417).
   """
   recipe = cosmo_rl_recipe(tags=("description", "think", "answer"))
-  for task in CAPABILITY_TASKS:
+  for task in GENERAL_TASKS:
     recipe["tasks"][task]["task_aware"] = 2.0
   return recipe
 

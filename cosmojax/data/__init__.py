@@ -62,7 +62,7 @@ from cosmojax.data.jailbreak import (
     augment_jailbreak,
 )
 from cosmojax.data.synthetic import (
-    CAPABILITY_TASKS,
+    GENERAL_TASKS,
     JAILBREAK_TASKS,
     TASK_NAMES,
     UNSAFE_TASKS,

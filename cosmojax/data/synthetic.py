@@ -62,10 +62,12 @@ from cosmojax.data import synthetic_safety  # noqa: F401  (registers the safety 
 from cosmojax.data.synthetic_tasks import (BENIGN_FORMS, SOURCE, SPLITS, TASKS, Ctx, SuiteConfig,
                                           format_target, split_of)
 
-CAPABILITY_TASKS = ("count", "compare", "arithmetic", "instruction")
+# The suite's non-safety tasks. (cosmojax.rewards.CAPABILITY_TASKS is narrower: the three tasks
+# scored for accuracy, without instruction following.)
+GENERAL_TASKS = ("count", "compare", "arithmetic", "instruction")
 JAILBREAK_TASKS = ("jailbreak_typographic", "jailbreak_query_image", "jailbreak_split_intent")
 UNSAFE_TASKS = ("harmful_text", *JAILBREAK_TASKS)
-TASK_NAMES = (*CAPABILITY_TASKS, "value", *UNSAFE_TASKS, "benign_probe")
+TASK_NAMES = (*GENERAL_TASKS, "value", *UNSAFE_TASKS, "benign_probe")
 
 
 def make_example(task: str, split: str, index: int, config: SuiteConfig = SuiteConfig()
@@ -155,7 +157,7 @@ class SFTMixConfig:
   def task_counts(self) -> dict[str, int]:
     n = self.examples_per_task
     fractions = {
-        **{t: self.capability_fraction for t in CAPABILITY_TASKS},
+        **{t: self.capability_fraction for t in GENERAL_TASKS},
         "value": self.value_fraction,
         "benign_probe": self.benign_fraction,
         "harmful_text": self.refusal_fraction,
