@@ -62,8 +62,8 @@ from cosmojax.data import synthetic_safety  # noqa: F401  (registers the safety 
 from cosmojax.data.synthetic_tasks import (BENIGN_FORMS, SOURCE, SPLITS, TASKS, Ctx, SuiteConfig,
                                           format_target, split_of)
 
-# The suite's non-safety tasks. (cosmojax.rewards.CAPABILITY_TASKS is narrower: the three tasks
-# scored for accuracy, without instruction following.)
+# The suite's general tasks: capability and instruction following (cosmojax.rewards.
+# CAPABILITY_TASKS is narrower: the three tasks scored for accuracy, without instruction).
 GENERAL_TASKS = ("count", "compare", "arithmetic", "instruction")
 JAILBREAK_TASKS = ("jailbreak_typographic", "jailbreak_query_image", "jailbreak_split_intent")
 UNSAFE_TASKS = ("harmful_text", *JAILBREAK_TASKS)
