@@ -10,7 +10,9 @@ The optimizer is `clip_by_global_norm(max_grad_norm)` then AdamW with a learning
 (`LR_SCHEDULES`: linear warmup from 0 to the peak over `warmup_steps`, then constant, cosine
 or linear decay to `final_lr_ratio * peak` at `total_steps`) and decoupled weight decay on a
 mask: only parameters with two or more dimensions whose path names no `no_decay` pattern are
-decayed, so norm scales and biases never are.
+decayed, so norm scales and biases never are. `frozen` patterns leave the parameters whose
+path matches one untouched (no update, no weight decay, no Adam moments, and no share of the
+clipped gradient norm), e.g. `frozen=("^visual/",)` trains the language model alone.
 
 Non-finite steps. `skip_nonfinite_update` keeps the old (params, opt_state) when the loss or
 the global gradient norm is not finite, and reports `skipped`; `apply_gradients` wires it
@@ -54,6 +56,8 @@ class OptimizerConfig:
     max_grad_norm: clip gradients to this global norm; None disables clipping.
     no_decay: regular expressions; a parameter whose path (lower-cased keys, e.g.
       "layers/0/input_layernorm/scale") matches one is not decayed.
+    frozen: regular expressions, matched the same way; a parameter that matches one is not
+      trained at all (e.g. "^visual/" freezes a vision-language model's vision tower).
   """
 
   learning_rate: float = 1e-6
@@ -67,6 +71,7 @@ class OptimizerConfig:
   weight_decay: float = 0.0
   max_grad_norm: float | None = 1.0
   no_decay: tuple[str, ...] = ("bias", "norm")
+  frozen: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.schedule not in LR_SCHEDULES:
@@ -89,8 +94,12 @@ class OptimizerConfig:
     unknown = sorted(set(config) - set(fields))
     if unknown:
       raise ValueError(f"optimizer config: unknown keys {unknown}; known: {fields}")
-    if "no_decay" in config:
-      config["no_decay"] = tuple(config["no_decay"])
+    for key in ("no_decay", "frozen"):
+      if key in config:
+        if isinstance(config[key], str):
+          raise ValueError(f"optimizer config: {key} is a string ({config[key]!r}); give a "
+                           f"tuple of regular expressions, e.g. ({config[key]!r},)")
+        config[key] = tuple(config[key])
     return cls(**config)
 
 
@@ -157,6 +166,22 @@ def decay_mask(params: Any, no_decay: tuple[str, ...] = OptimizerConfig.no_decay
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def frozen_mask(params: Any, frozen: tuple[str, ...]) -> Any:
+  """A tree of bools like `params`: True where a `frozen` pattern matches the path.
+
+  Raises:
+    ValueError: a pattern matches no parameter (most likely a misspelt path).
+  """
+  patterns = [re.compile(p) for p in frozen]
+  names = [param_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unmatched = [p.pattern for p in patterns if not any(p.search(n) for n in names)]
+  if unmatched:
+    raise ValueError(f"optimizer: frozen patterns {unmatched} match no parameter; paths look "
+                     f"like {names[:3]}")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(p.search(param_path(path)) for p in patterns), params)
+
+
 def _as_config(config: OptimizerConfig | Mapping[str, Any]) -> OptimizerConfig:
   return config if isinstance(config, OptimizerConfig) else OptimizerConfig.from_mapping(config)
 
@@ -167,9 +192,17 @@ def make_optimizer(config: OptimizerConfig | Mapping[str, Any]) -> optax.Gradien
   adamw = optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
                       eps=config.eps, weight_decay=config.weight_decay,
                       mask=lambda params: decay_mask(params, config.no_decay))
-  if config.max_grad_norm is None:
-    return adamw
-  return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+  tx = adamw
+  if config.max_grad_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+  if not config.frozen:
+    return tx
+
+  def labels(params):
+    return jax.tree.map(lambda f: "frozen" if f else "trained",
+                        frozen_mask(params, config.frozen))
+
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def skip_nonfinite_update(new_params: Any, new_opt_state: Any, old_params: Any,

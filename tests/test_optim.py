@@ -94,6 +94,40 @@ def test_gradients_are_clipped_to_the_global_norm():
   assert float(metrics["grad_norm"]) == pytest.approx(5.0)
 
 
+def test_frozen_parameters_get_no_update_no_decay_and_no_share_of_the_clip():
+  # proj is frozen: it keeps its values under a large gradient and weight decay, and holds no
+  # Adam moments. embed's gradient (norm 2) is clipped to 1 on its own norm: with the frozen
+  # gradient (norm 10) counted too, Adam's first moment would be 1/sqrt(104) of g, not 1/2.
+  params = _params()
+  tx = optim.make_optimizer(dict(learning_rate=0.1, weight_decay=0.5, max_grad_norm=1.0,
+                                 b1=0.9, frozen=("^proj/",)))
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads["embed"]["embedding"].set_value(jnp.full((5, 4), 2.0 / math.sqrt(20)))
+  grads["proj"]["kernel"].set_value(jnp.full((4, 3), 10.0 / math.sqrt(12)))
+  opt_state = tx.init(params)
+  new, opt_state, _ = optim.apply_gradients(tx, params, opt_state, grads, jnp.float32(0.0))
+  np.testing.assert_array_equal(new["proj"]["kernel"].get_value(),
+                                params["proj"]["kernel"].get_value())
+  np.testing.assert_array_equal(new["proj"]["bias"].get_value(),
+                                params["proj"]["bias"].get_value())
+  assert not np.allclose(new["embed"]["embedding"].get_value(),
+                         params["embed"]["embedding"].get_value())
+  moments = {optim.param_path(path): leaf
+             for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
+  assert not any("proj" in name for name in moments), sorted(moments)
+  mu = [leaf for name, leaf in moments.items() if "mu" in name and "embed" in name]
+  np.testing.assert_allclose(mu[0], 0.1 * 0.5 * grads["embed"]["embedding"].get_value(),
+                             rtol=1e-6)
+
+
+def test_frozen_patterns_must_match_a_parameter_and_be_a_tuple():
+  tx = optim.make_optimizer(dict(learning_rate=0.1, frozen=("^vision/",)))
+  with pytest.raises(ValueError, match=r"frozen patterns \['\^vision/'\] match no parameter"):
+    tx.init(_params())
+  with pytest.raises(ValueError, match="frozen is a string"):
+    optim.OptimizerConfig.from_mapping({"frozen": "^visual/"})
+
+
 @pytest.mark.parametrize("bad", ["nan_loss", "inf_grad", "nan_grad"])
 def test_nonfinite_step_is_skipped_and_leaves_the_state_unchanged(bad):
   params = _params()
