@@ -59,7 +59,8 @@ def _rl_stage(steps: int, prompts_per_step: int, mixture: dict[str, float],
           num_minibatches=2,
       ),
       # A tiny model from SFT moves with a far larger step than 7B models (1e-6).
-      optimizer=dict(learning_rate=1e-4, warmup_steps=2, max_grad_norm=1.0),
+      optimizer=dict(learning_rate=1e-4, warmup_steps=2, max_grad_norm=1.0,
+                     frozen=()),  # e.g. ("^visual/",) trains the language model alone
       jailbreak=jailbreak,
   )
 
