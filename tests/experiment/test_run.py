@@ -18,6 +18,8 @@ def _config(workdir):
   for stage in ("rl_general", "rl_joint"):
     c.stages[stage].steps = 3
     c.stages[stage].learner.loss.kl_coef = 0.01  # a reference policy, restored on resume
+  # A frozen vision tower in stage 1 (its optimizer state is partitioned), restored on resume.
+  c.stages.rl_general.optimizer.frozen = ("^visual/",)
   return c
 
 
